@@ -1,0 +1,155 @@
+"""The 48-D EgoDex action (egodex_format.md section 3): chunks, hand state and stored windows.
+
+For frame t every pose is expressed in the camera frame of t: `inv(T_camera[t]) @ T_joint[t+k]`.
+Per frame, left hand then right: wrist position (3), wrist rotation 6-D (R[:, 0], R[:, 1]),
+fingertip positions thumb, index, middle, ring, little (15). Computed in float64, returned float32.
+
+CLI (a contract): `python -m egodex_jax.data.actions EPISODE.hdf5 --frame T --horizon H` prints
+`{"actions": [[48 floats] x H], "padding": [H bools]}`; bad input: one stderr line, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from egodex_jax import geometry
+from egodex_jax import skeleton
+
+_WRISTS = tuple(skeleton.wrist(s) for s in skeleton.SIDES)  # 2
+_TIPS = tuple(skeleton.fingertip(s, f) for s in skeleton.SIDES
+              for f in skeleton.FINGERTIP_ORDER)  # 10, left then right
+_ROWS_PER_BLOCK = 1024  # bounds the memory of action_windows on long episodes
+
+
+def _action_poses(episode):
+  """-> camera [N, 4, 4], wrists [N, 2, 4, 4], tips [N, 10, 3], all float64 world frame."""
+  tr = episode.transforms
+  cam = tr[skeleton.CAMERA].astype(np.float64)
+  wrists = np.stack([tr[j] for j in _WRISTS], axis=1).astype(np.float64)
+  tips = np.stack([tr[j][:, :3, 3] for j in _TIPS], axis=1).astype(np.float64)
+  return cam, wrists, tips
+
+
+def _encode(cam_t, wrists, tips):
+  """Poses of future frames in the camera frames of their anchors -> 48-D actions.
+
+  cam_t [T, 4, 4] camera-to-world at the anchor frames; wrists [T, F, 2, 4, 4] and
+  tips [T, F, 10, 3] world-frame poses of F frames per anchor. Returns [T, F, 48] float64.
+  """
+  inv = geometry.se3_inverse(cam_t)
+  R, p = inv[:, :3, :3], inv[:, :3, 3]  # world-to-camera, [T, 3, 3], [T, 3]
+  T, F = wrists.shape[:2]
+  # Points: [T, F*k, 3] @ R^T + p, a batched matmul over anchors.
+  Rt = np.swapaxes(R, -1, -2)
+  w_pos = (wrists[..., :3, 3].reshape(T, F * 2, 3) @ Rt + p[:, None]).reshape(T, F, 2, 3)
+  tip_pos = (tips.reshape(T, F * 10, 3) @ Rt + p[:, None]).reshape(T, F, 10, 3)
+  # Rotation columns 0 and 1: R @ Rw[:, :2], as [T, F*2*2, 3] row vectors.
+  cols = np.swapaxes(wrists[..., :3, :2], -1, -2)  # [T, F, 2, 2(col), 3]
+  w_cols = (cols.reshape(T, F * 4, 3) @ Rt).reshape(T, F, 2, 6)  # col0 xyz, col1 xyz
+  tip_pos = tip_pos.reshape(T, F, 2, 15)
+  out = np.concatenate([w_pos, w_cols, tip_pos], axis=-1)  # [T, F, 2, 24]
+  return out.reshape(T, F, skeleton.ACTION_DIM)
+
+
+def _check_t(episode, t) -> int:
+  n = episode.num_frames
+  if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)):
+    raise ValueError(f"frame index must be an integer, got {t!r}")
+  if not 0 <= int(t) < n:
+    raise ValueError(f"frame {t} is outside the episode's {n} frames [0, {n})")
+  return int(t)
+
+
+def _frames(episode, t: int, frames: np.ndarray) -> np.ndarray:
+  """[F] frame indices (valid) -> [F, 48] float64 in camera frame t."""
+  cam, wrists, tips = _action_poses(episode)
+  return _encode(cam[t:t + 1], wrists[frames][None], tips[frames][None])[0]
+
+
+def action_chunk(episode, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+  """Frames t+1..t+H in camera frame t -> (actions [H, 48] float32, padding [H] bool).
+
+  Frames past the episode's end are padding (True) and repeat the last valid frame.
+  """
+  t = _check_t(episode, t)
+  if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
+    raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
+  n = episode.num_frames
+  wanted = t + 1 + np.arange(int(horizon))
+  padding = wanted > n - 1
+  frames = np.minimum(wanted, n - 1)
+  return _frames(episode, t, frames).astype(np.float32), padding
+
+
+def hand_state(episode, t: int) -> np.ndarray:
+  """The 48 numbers of frame t in its own camera frame: [48] float32."""
+  t = _check_t(episode, t)
+  return _frames(episode, t, np.array([t])).astype(np.float32)[0]
+
+
+def action_windows(episode, max_horizon: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every frame's state and future, vectorised: (windows [N, M+1, 48] float32, num_future [N]).
+
+  Row 0 of window t is hand_state(t); rows 1..M are frames t+1..t+M in camera frame t, past the
+  end the last valid frame repeated. num_future[t] = min(M, N-1-t).
+  """
+  if isinstance(max_horizon, bool) or int(max_horizon) != max_horizon or max_horizon < 0:
+    raise ValueError(f"max_horizon must be an integer >= 0, got {max_horizon!r}")
+  m = int(max_horizon)
+  cam, wrists, tips = _action_poses(episode)
+  n = cam.shape[0]
+  out = np.empty((n, m + 1, skeleton.ACTION_DIM), np.float32)
+  for start in range(0, n, _ROWS_PER_BLOCK):
+    t = np.arange(start, min(n, start + _ROWS_PER_BLOCK))
+    idx = np.minimum(t[:, None] + np.arange(m + 1)[None], n - 1)  # [T, M+1]
+    out[start:start + len(t)] = _encode(cam[t], wrists[idx], tips[idx])
+  num_future = np.minimum(m, n - 1 - np.arange(n)).astype(np.int32)
+  return out, num_future
+
+
+# --- CLI ----------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a usage error as one stderr line, exit code 2."""
+
+  def error(self, message):
+    sys.stderr.write(f"{self.prog}: error: {message}\n")
+    sys.exit(2)
+
+
+def _fail(message: str) -> None:
+  sys.stderr.write(" ".join(str(message).split()) + "\n")
+  sys.exit(2)
+
+
+def main(argv=None) -> int:
+  parser = _Parser(prog="python -m egodex_jax.data.actions",
+                   description="Print the 48-D action chunk of one EgoDex frame as JSON.")
+  parser.add_argument("episode", help="path to the episode's .hdf5 (the mp4 is not needed)")
+  parser.add_argument("--frame", type=int, required=True, help="frame index t")
+  parser.add_argument("--horizon", type=int, required=True, help="number of future frames H")
+  args = parser.parse_args(argv)
+  from egodex_jax.data import egodex  # pylint: disable=g-import-not-at-top
+  if args.horizon < 1:
+    _fail(f"error: --horizon must be >= 1, got {args.horizon}")
+  try:
+    episode = egodex.load_episode(args.episode, check_video=False)
+    actions, padding = action_chunk(episode, args.frame, args.horizon)
+  except egodex.EpisodeError as e:
+    _fail(f"error: {e}")
+  except ValueError as e:
+    _fail(f"error: {args.episode}: {e}")
+  except Exception as e:  # pylint: disable=broad-except
+    _fail(f"error: {args.episode}: {type(e).__name__}: {e}")
+  json.dump({"actions": actions.tolist(), "padding": padding.tolist()}, sys.stdout)
+  sys.stdout.write("\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,128 @@
+"""Normalisation statistics of actions and hand state, and the reversible transform.
+
+The builder streams every training window through `StatsAccumulator` (sums for mean/std, a fixed
+size row reservoir for the percentiles, so memory does not grow with the dataset) and saves the
+result as `norm_stats.json`. `Normalizer` turns canonical metres into the model's space and back;
+its methods are plain array arithmetic, so they run on NumPy arrays and inside `jax.jit` alike.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+RESERVOIR_ROWS = 100_000  # percentiles from at most this many rows (exact below it)
+MIN_RANGE = 1e-4  # metres: dims whose 1..99th percentile range is narrower are only shifted
+MIN_STD = 1e-4
+KINDS = ("minmax", "meanstd")
+
+
+class StatsAccumulator:
+  """Streaming per-dimension mean, std and 1st/99th percentiles of rows [n, D]."""
+
+  def __init__(self, dim: int, reservoir_rows: int = RESERVOIR_ROWS, seed: int = 0):
+    self.dim = dim
+    self.count = 0
+    self._sum = np.zeros(dim, np.float64)
+    self._sumsq = np.zeros(dim, np.float64)
+    self._reservoir = np.zeros((reservoir_rows, dim), np.float32)
+    self._rng = np.random.default_rng(seed)
+
+  def add(self, rows: np.ndarray) -> None:
+    rows = np.asarray(rows, np.float64).reshape(-1, self.dim)
+    n = rows.shape[0]
+    if n == 0:
+      return
+    self._sum += rows.sum(0)
+    self._sumsq += np.square(rows).sum(0)
+    cap = self._reservoir.shape[0]
+    fill = max(0, min(n, cap - self.count))
+    self._reservoir[self.count:self.count + fill] = rows[:fill]
+    if fill < n:  # Algorithm R, vectorised: row i of the stream replaces a slot w.p. cap / (i+1)
+      seen = self.count + np.arange(fill, n)
+      slot = self._rng.integers(0, seen + 1)
+      keep = slot < cap
+      self._reservoir[slot[keep]] = rows[fill:][keep]
+    self.count += n
+
+  def result(self) -> dict[str, Any]:
+    if self.count == 0:
+      raise ValueError("no rows were added: cannot compute statistics of an empty set")
+    mean = self._sum / self.count
+    var = np.maximum(self._sumsq / self.count - np.square(mean), 0.0)
+    sample = self._reservoir[:min(self.count, self._reservoir.shape[0])]
+    p01, p99 = np.percentile(sample, [1.0, 99.0], axis=0)
+    return {"mean": mean.tolist(), "std": np.sqrt(var).tolist(), "p01": p01.tolist(),
+            "p99": p99.tolist(), "count": int(self.count)}
+
+
+def compute_stats(arrays: Iterable[np.ndarray], reservoir_rows: int = RESERVOIR_ROWS
+                  ) -> dict[str, Any]:
+  """Per-dimension stats over a stream of [n, D] arrays (rows are samples)."""
+  acc = None
+  for a in arrays:
+    a = np.asarray(a)
+    if acc is None:
+      acc = StatsAccumulator(a.shape[-1], reservoir_rows)
+    acc.add(a)
+  if acc is None:
+    raise ValueError("no arrays given: cannot compute statistics of an empty set")
+  return acc.result()
+
+
+def save_stats(path: str, stats: Mapping[str, Any]) -> None:
+  with open(path, "w") as f:
+    json.dump(stats, f, indent=1)
+
+
+def load_stats(path: str) -> dict[str, Any]:
+  try:
+    with open(path) as f:
+      stats = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: cannot read normalisation statistics ({e})") from None
+  for key in ("actions", "state"):
+    if key not in stats:
+      raise ValueError(f"{path}: normalisation statistics lack the '{key}' entry")
+  return stats
+
+
+class Normalizer:
+  """Reversible per-dimension affine map: x_norm = (x - offset) * scale.
+
+  'minmax' maps the 1st..99th percentile range to [-1, 1] (X-IL style, no clipping so that it
+  stays invertible); 'meanstd' standardises. Narrow dimensions get a guarded range/std.
+  """
+
+  def __init__(self, stats: Mapping[str, Any], kind: str = "minmax"):
+    if kind not in KINDS:
+      raise ValueError(f"normaliser kind must be one of {KINDS}, got {kind!r}")
+    self.kind = kind
+    self._state = self._affine(stats["state"], kind)
+    self._actions = self._affine(stats["actions"], kind)
+
+  @staticmethod
+  def _affine(s: Mapping[str, Any], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    if kind == "minmax":
+      lo, hi = np.asarray(s["p01"], np.float64), np.asarray(s["p99"], np.float64)
+      rng = np.maximum(hi - lo, MIN_RANGE)
+      offset, scale = (lo + hi) / 2.0, 2.0 / rng
+    else:
+      offset = np.asarray(s["mean"], np.float64)
+      scale = 1.0 / np.maximum(np.asarray(s["std"], np.float64), MIN_STD)
+    return offset.astype(np.float32), scale.astype(np.float32)
+
+  # x is [..., 48]; NumPy or jax arrays (broadcasting against NumPy constants works in jit).
+  def normalize_state(self, x):
+    offset, scale = self._state
+    return (x - offset) * scale
+
+  def normalize_actions(self, x):
+    offset, scale = self._actions
+    return (x - offset) * scale
+
+  def denormalize_actions(self, x):
+    offset, scale = self._actions
+    return x / scale + offset

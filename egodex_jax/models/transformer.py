@@ -1,0 +1,242 @@
+"""Transformer backbones in the X-IL style: pre-norm RMSNorm blocks, QK-norm, SwiGLU MLP.
+
+Two backbones:
+- `Decoder` ('dec'): one stack over [observation tokens | action tokens].
+- `EncoderDecoder` ('encdec'): an encoder over observation tokens; a decoder over action tokens
+  with self-attention and cross-attention to the encoder output.
+
+Masks are boolean (True = may attend), broadcastable to [B, Tq, Tk]. Two kinds:
+- 'block': observations attend to observations; actions attend to all observations and to each other.
+- 'xil_causal': X-IL's causal masks, including its upper-left-aligned causal cross-attention
+  (decoder token i sees encoder tokens 0..i).
+Under both, observation tokens never attend to action tokens, so the observation part is computed
+once per sample batch: `Decoder.prefix` returns each block's keys/values (a KV cache) and
+`Decoder.extend` runs only the action tokens against it; `EncoderDecoder.encode` returns each
+decoder block's cross-attention keys/values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MASKS = ("block", "xil_causal")
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks (pure NumPy: they are constants of the token layout)
+
+def decoder_mask(n_obs: int, n_act: int, kind: str) -> np.ndarray:
+  """[T, T] bool for the decoder-only stack over [obs | actions], T = n_obs + n_act."""
+  t = n_obs + n_act
+  if kind == "block":
+    m = np.ones((t, t), bool)
+    m[:n_obs, n_obs:] = False  # observations never see actions
+    return m
+  if kind == "xil_causal":
+    return np.tril(np.ones((t, t), bool))
+  raise ValueError(f"transformer.py: unknown mask {kind!r}; expected one of {MASKS}.")
+
+
+def encdec_masks(n_obs: int, n_act: int, kind: str):
+  """-> (encoder [To, To], decoder self [Ta, Ta], cross [Ta, To]) bool masks."""
+  if kind == "block":
+    return (np.ones((n_obs, n_obs), bool), np.ones((n_act, n_act), bool),
+            np.ones((n_act, n_obs), bool))
+  if kind == "xil_causal":
+    # Upper-left aligned cross mask (X-IL's, probably accidental): action token i sees obs 0..i.
+    return (np.tril(np.ones((n_obs, n_obs), bool)), np.tril(np.ones((n_act, n_act), bool)),
+            np.tril(np.ones((n_act, n_obs), bool)))
+  raise ValueError(f"transformer.py: unknown mask {kind!r}; expected one of {MASKS}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers
+
+class Attention(nn.Module):
+  """Multi-head attention with QK-norm. Keys/values are returned so callers can cache them."""
+  dim: int
+  num_heads: int
+  attn_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    dense = lambda name: nn.Dense(self.dim, use_bias=False, dtype=self.dtype, name=name)
+    self.q, self.k, self.v, self.o = dense("q"), dense("k"), dense("v"), dense("o")
+    self.q_norm = nn.RMSNorm(dtype=self.dtype, name="q_norm")
+    self.k_norm = nn.RMSNorm(dtype=self.dtype, name="k_norm")
+    self.drop = nn.Dropout(self.attn_dropout)
+
+  def kv(self, x):
+    """x [B, Tk, D] -> (k, v) each [B, Tk, heads, D/heads], k already normalised."""
+    b, t, _ = x.shape
+    split = lambda y: y.reshape(b, t, self.num_heads, -1)
+    return self.k_norm(split(self.k(x))), split(self.v(x))
+
+  def __call__(self, x, mask, *, kv=None, prefix_kv=None, train=False):
+    """x [B, Tq, D] queries; keys/values from `kv` (cross) or from x itself, after `prefix_kv`.
+
+    Returns (out [B, Tq, D], (k, v)) where (k, v) are the keys/values computed here from x
+    (not including the prefix), for caching.
+    """
+    b, t, d = x.shape
+    q = self.q_norm(self.q(x).reshape(b, t, self.num_heads, -1))
+    own = self.kv(x) if kv is None else kv
+    k, v = own
+    if prefix_kv is not None:
+      k = jnp.concatenate([prefix_kv[0], k], axis=1)
+      v = jnp.concatenate([prefix_kv[1], v], axis=1)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / np.sqrt(q.shape[-1])
+    mask = jnp.asarray(mask, bool)
+    mask = mask[None, None] if mask.ndim == 2 else mask[:, None]
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = self.drop(jax.nn.softmax(logits, axis=-1), deterministic=not train).astype(v.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)
+    return self.o(out), own
+
+
+class SwiGLU(nn.Module):
+  hidden: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    gate = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="gate")(x)
+    up = nn.Dense(self.hidden, use_bias=False, dtype=self.dtype, name="up")(x)
+    return nn.Dense(d, use_bias=False, dtype=self.dtype, name="down")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+  """Pre-norm self-attention block (encoder / decoder-only)."""
+  dim: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  attn_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.norm1 = nn.RMSNorm(dtype=self.dtype)
+    self.attn = Attention(self.dim, self.num_heads, self.attn_dropout, self.dtype)
+    self.norm2 = nn.RMSNorm(dtype=self.dtype)
+    self.mlp = SwiGLU(self.mlp_ratio * self.dim, self.dtype)
+    self.drop = nn.Dropout(self.dropout)
+
+  def __call__(self, x, mask, *, prefix_kv=None, train=False):
+    """-> (x, (k, v) of x's own tokens)."""
+    h, kv = self.attn(self.norm1(x), mask, prefix_kv=prefix_kv, train=train)
+    x = x + self.drop(h, deterministic=not train)
+    x = x + self.drop(self.mlp(self.norm2(x)), deterministic=not train)
+    return x, kv
+
+
+class CrossBlock(nn.Module):
+  """Pre-norm decoder block: self-attention, cross-attention to the encoder output, MLP."""
+  dim: int
+  num_heads: int
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  attn_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.norm1 = nn.RMSNorm(dtype=self.dtype)
+    self.attn = Attention(self.dim, self.num_heads, self.attn_dropout, self.dtype)
+    self.norm_cross = nn.RMSNorm(dtype=self.dtype)
+    self.cross = Attention(self.dim, self.num_heads, self.attn_dropout, self.dtype)
+    self.norm2 = nn.RMSNorm(dtype=self.dtype)
+    self.mlp = SwiGLU(self.mlp_ratio * self.dim, self.dtype)
+    self.drop = nn.Dropout(self.dropout)
+
+  def cross_kv(self, memory):
+    """Encoder output [B, To, D] -> this block's cross-attention (k, v): compute once, reuse."""
+    return self.cross.kv(memory)
+
+  def __call__(self, x, self_mask, cross_kv, cross_mask, *, train=False):
+    h, _ = self.attn(self.norm1(x), self_mask, train=train)
+    x = x + self.drop(h, deterministic=not train)
+    h, _ = self.cross(self.norm_cross(x), cross_mask, kv=cross_kv, train=train)
+    x = x + self.drop(h, deterministic=not train)
+    x = x + self.drop(self.mlp(self.norm2(x)), deterministic=not train)
+    return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Backbones
+
+class Decoder(nn.Module):
+  """Decoder-only stack. `__call__` is the plain full forward; `prefix` + `extend` the cached one."""
+  dim: int
+  num_heads: int
+  num_layers: int
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  attn_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.blocks = [Block(self.dim, self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout,
+                         self.dtype, name=f"block_{i}") for i in range(self.num_layers)]
+    self.norm = nn.RMSNorm(dtype=self.dtype, name="final_norm")
+
+  def __call__(self, x, mask, *, train=False):
+    """x [B, T, D], mask [T, T] -> [B, T, D] (final-normed)."""
+    for blk in self.blocks:
+      x, _ = blk(x, mask, train=train)
+    return self.norm(x)
+
+  def prefix(self, x_obs, obs_mask, *, train=False):
+    """Observation tokens [B, To, D] -> per-block (k, v), the KV cache."""
+    cache = []
+    for blk in self.blocks:
+      x_obs, kv = blk(x_obs, obs_mask, train=train)
+      cache.append(kv)
+    return cache
+
+  def extend(self, x_act, cache, act_mask, *, train=False):
+    """Action tokens [B, Ta, D] against the cache; act_mask [Ta, To + Ta] -> [B, Ta, D]."""
+    for blk, kv in zip(self.blocks, cache):
+      x_act, _ = blk(x_act, act_mask, prefix_kv=kv, train=train)
+    return self.norm(x_act)
+
+
+class EncoderDecoder(nn.Module):
+  """Encoder over observations, decoder over actions with cross-attention."""
+  dim: int
+  num_heads: int
+  enc_layers: int
+  dec_layers: int
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  attn_dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    args = (self.dim, self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, self.dtype)
+    self.encoder = [Block(*args, name=f"enc_block_{i}") for i in range(self.enc_layers)]
+    self.enc_norm = nn.RMSNorm(dtype=self.dtype, name="enc_norm")
+    self.decoder = [CrossBlock(*args, name=f"dec_block_{i}") for i in range(self.dec_layers)]
+    self.dec_norm = nn.RMSNorm(dtype=self.dtype, name="dec_norm")
+
+  def encode(self, x_obs, enc_mask, *, train=False):
+    """Observation tokens [B, To, D] -> per-decoder-block cross (k, v)."""
+    for blk in self.encoder:
+      x_obs, _ = blk(x_obs, enc_mask, train=train)
+    memory = self.enc_norm(x_obs)
+    return [blk.cross_kv(memory) for blk in self.decoder]
+
+  def decode(self, x_act, cross_kvs, self_mask, cross_mask, *, train=False):
+    """Action tokens [B, Ta, D] -> [B, Ta, D]."""
+    for blk, kv in zip(self.decoder, cross_kvs):
+      x_act = blk(x_act, self_mask, kv, cross_mask, train=train)
+    return self.dec_norm(x_act)
+
+  def __call__(self, x_obs, x_act, masks, *, train=False):
+    enc_mask, self_mask, cross_mask = masks
+    return self.decode(x_act, self.encode(x_obs, enc_mask, train=train), self_mask, cross_mask,
+                       train=train)

@@ -1,0 +1,333 @@
+"""Training: optimiser, state, the jitted sharded step, and the loop (read top to bottom).
+
+Workdir layout (`--workdir=DIR`):
+  DIR/config.json             the resolved config of the latest start (also inside each checkpoint)
+  DIR/metrics.jsonl           one JSON object per logged step: step, loss, lr, grad_norm,
+                              steps_per_s, samples_per_s (+ the policy's own metrics); evaluation
+                              rows carry `eval/...` keys (Best-of-K figures, metres)
+  DIR/tensorboard/            TensorBoard event files of the same scalars (tensorboardX, no TF)
+  DIR/loss.png                the training-loss curve, drawn at the end of a run
+  DIR/checkpoints/<step>/     orbax: state/ (step, params, opt_state, ema_params, rng), data/ (the
+                              Grain iterator, one JSON per process), config/, norm_stats/
+  DIR/eval_results.json, .md  Best-of-K of the EMA params on the test split (end of training,
+                              or --mode=eval), written by egodex_jax.evaluate.write_results
+A run started on a workdir that holds a checkpoint resumes from its latest step; SIGTERM saves a
+checkpoint and exits cleanly; a NaN/inf loss stops the run, naming the step (the last good
+checkpoint stays).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from egodex_jax import checkpoint as ckpt_lib
+from egodex_jax import metrics as metrics_lib
+from egodex_jax import sharding as sharding_lib
+
+# The batch keys the policy reads (docs/interfaces.md); the rest stays on the host.
+POLICY_KEYS = ('image', 'goal_image', 'state', 'actions', 'padding', 'instruction_id')
+
+
+class TrainingError(RuntimeError):
+  """A run that must stop (non-finite loss, ...); str(e) is one sentence for the user."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array          # [] int32, updates done
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  rng: jax.Array           # [2] uint32; the step's key is fold_in(rng, step), so resuming is exact
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+def make_schedule(optim, num_steps: int) -> optax.Schedule:
+  """Linear warmup, then constant or cosine (to lr * end_factor at num_steps)."""
+  warmup = max(0, min(int(optim.warmup_steps), num_steps))
+  if optim.schedule == 'constant':
+    after = optax.constant_schedule(optim.lr)
+  elif optim.schedule == 'cosine':
+    after = optax.cosine_decay_schedule(optim.lr, max(1, num_steps - warmup), alpha=optim.end_factor)
+  else:
+    raise ValueError(f"optim.schedule={optim.schedule!r}: expected 'constant' or 'cosine'.")
+  if warmup == 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
+
+
+def make_optimizer(optim, num_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = make_schedule(optim, num_steps)
+  chain = []
+  if optim.grad_clip and optim.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(optim.grad_clip))
+  chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
+  return optax.chain(*chain), schedule
+
+
+# ----------------------------------------------------------------------------- the step
+
+def normalize_batch(normalizer, batch: dict) -> dict:
+  """Canonical metres -> the policy's space (inside jit); keeps only the keys the policy reads."""
+  out = {k: batch[k] for k in POLICY_KEYS if k in batch}
+  if normalizer is not None:
+    out['state'] = normalizer.normalize_state(out['state'])
+    out['actions'] = normalizer.normalize_actions(out['actions'])
+  return out
+
+
+def init_state(policy, optimizer, batch: dict, seed: int) -> TrainState:
+  """`batch`: normalised, any batch size (the parameters do not depend on it)."""
+  rng = jax.random.PRNGKey(seed)
+  params = policy.init(jax.random.fold_in(rng, 1), batch)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=optimizer.init(params),
+                    ema_params=jax.tree.map(jnp.copy, params), rng=rng)
+
+
+def make_train_step(policy, optimizer, schedule, normalizer, *, ema_decay: float,
+                    inject_nan_at_step: int = -1) -> Callable:
+  """(state, batch) -> (state, metrics): loss, gradients, AdamW, EMA; batch in canonical metres."""
+
+  def step_fn(state: TrainState, batch: dict):
+    batch = normalize_batch(normalizer, batch)
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      loss, aux = policy.loss(params, batch, rng, train=True)
+      if inject_nan_at_step >= 0:  # debug knob: exercises the NaN guard for real
+        loss = loss * jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, 1.0)
+      return loss, aux
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    metrics = dict(aux)
+    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              ema_params=ema)
+    return new_state, metrics
+
+  return step_fn
+
+
+def abstract_state(policy, optimizer, example_batch: dict, seed: int, mesh,
+                   min_shard_size: int = 2**14):
+  """(ShapeDtypeStructs with shardings, the shardings) of the TrainState; allocates nothing."""
+  shapes = jax.eval_shape(lambda b: init_state(policy, optimizer, b, seed), example_batch)
+  shardings = sharding_lib.tree_shardings(mesh, shapes, min_shard_size)
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          shapes, shardings)
+  return abstract, shardings
+
+
+def create_state(policy, optimizer, example_batch: dict, seed: int, shardings) -> TrainState:
+  """Initialises the state directly into its shardings (no full copy on one device first)."""
+  init = jax.jit(lambda b: init_state(policy, optimizer, b, seed), out_shardings=shardings)
+  return init(example_batch)
+
+
+def jit_train_step(step_fn, mesh, state_shardings):
+  """jax.jit with the state FSDP-sharded (and donated), the batch over every device."""
+  return jax.jit(step_fn,
+                 in_shardings=(state_shardings, sharding_lib.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding_lib.replicated(mesh)),
+                 donate_argnums=(0,))
+
+
+# ----------------------------------------------------------------------------- pre-emption
+
+class Preemption:
+  """SIGTERM (and SIGINT) set a flag; the loop saves at the next step and exits cleanly."""
+
+  def __init__(self):
+    self.requested = False
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = True
+    print(f'Received signal {signum}: saving a checkpoint and stopping.', flush=True)
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+  def should_stop(self) -> bool:
+    """Every process must agree, or the collective save would hang."""
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
+    return bool(np.any(flags))
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def _host_params(params):
+  """Params usable by a single-process jitted function (eval): gathered when multi-host."""
+  if jax.process_count() == 1:
+    return params
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(params, tiled=True)
+
+
+def train(config, workdir: str, *, data=None) -> dict:
+  """Trains (or resumes) in `workdir`; returns the final evaluation results (or {}).
+
+  `data`: a `Data` bundle (see `egodex_jax.main.load_data`); built from config when None.
+  """
+  from egodex_jax import main as main_lib  # data/model wiring lives with the entry point
+  data = data or main_lib.load_data(config)
+  is_main = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  num_steps = int(config.train.num_steps)
+
+  mesh = sharding_lib.make_mesh(config.mesh.fsdp)
+  local_bs = sharding_lib.check_batch_size(config.data.batch_size, mesh)
+  policy = main_lib.make_policy(config, data)
+  optimizer, schedule = make_optimizer(config.optim, num_steps)
+  train_iter = main_lib.make_train_iter(config, data, local_bs)
+
+  # Parameters from a one-row example (the shapes do not depend on the batch size).
+  example = main_lib.example_batch(config, data)
+  abstract, shardings = abstract_state(policy, optimizer, example, config.seed, mesh,
+                                       config.mesh.min_shard_size)
+
+  manager = ckpt_lib.make_manager(workdir, save_every=config.train.save_every,
+                                  keep=config.train.keep,
+                                  async_save=config.train.async_checkpoint)
+  config_json = config.to_json_best_effort()
+  if manager.latest_step() is not None:
+    state, start = ckpt_lib.restore(manager, abstract, data_iter=train_iter)
+    if is_main:
+      print(f'Resuming from {ckpt_lib.checkpoint_dir(workdir)} at step {start}.', flush=True)
+  else:
+    state, start = create_state(policy, optimizer, example, config.seed, shardings), 0
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config_json)
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    print(f'Model: {config.model.backbone} + {config.model.head}, {n / 1e6:.2f}M parameters; '
+          f'mesh {dict(mesh.shape)}; global batch {config.data.batch_size}; '
+          f'{num_steps} steps.', flush=True)
+
+  step_fn = make_train_step(policy, optimizer, schedule, data.normalizer,
+                            ema_decay=config.optim.ema_decay,
+                            inject_nan_at_step=config.train.inject_nan_at_step)
+  train_step = jit_train_step(step_fn, mesh, shardings)
+  writer = metrics_lib.MetricWriter(workdir, total_steps=num_steps,
+                                    batch_size=config.data.batch_size, start_step=start,
+                                    enabled=is_main)
+  save = lambda s, force=False: ckpt_lib.save(  # noqa: E731
+      manager, s, state, data_iter=train_iter, config_json=config_json,
+      norm_stats=data.norm_stats, force=force)
+
+  def check_finite(step, m):
+    loss = float(m['loss'])
+    if not np.isfinite(loss):
+      last = manager.latest_step()
+      raise TrainingError(
+          f'Non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is '
+          + (f'step {last} in {ckpt_lib.checkpoint_dir(workdir)}.' if last is not None
+             else 'none (no checkpoint was written yet).'))
+    return loss
+
+  log_every = max(1, int(config.train.log_every))
+  step = start
+  pending = None  # (step, metrics) of the previous step, checked one step late to keep dispatching
+  t_start = time.perf_counter()
+  try:
+    with Preemption() as preempt:
+      while step < num_steps:
+        batch = sharding_lib.global_batch(
+            {k: v for k, v in next(train_iter).items() if k in POLICY_KEYS}, mesh)
+        state, m = train_step(state, batch)
+        step += 1
+        if pending is not None:
+          check_finite(*pending)
+        pending = (step, m)
+        if step == start + 1:
+          check_finite(*pending)
+          writer.reset_timer(step)  # steps/s excludes compilation
+        if step % log_every == 0 or step == num_steps:
+          check_finite(*pending)
+          writer.write(step, jax.device_get(m))
+        if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
+          results = evaluate_params(config, data, policy, _host_params(state.ema_params),
+                                    num_batches=config.eval.num_batches)
+          writer.write(step, {k: v for k, v in results.get('model', {}).items()
+                               if isinstance(v, (int, float))}, prefix='eval/')
+        if step % config.train.save_every == 0 or step == num_steps:
+          check_finite(*pending)
+          save(step)
+        if preempt.should_stop() and step < num_steps:
+          check_finite(*pending)
+          save(step, force=True)
+          manager.wait_until_finished()
+          if is_main:
+            print(f'Stopped at step {step} on request; checkpoint saved. Run the same command '
+                  'to resume.', flush=True)
+          writer.close()
+          return {}
+      manager.wait_until_finished()
+  except BaseException:
+    manager.wait_until_finished()  # never leave a half-written async save behind
+    writer.close()
+    raise
+
+  if is_main:
+    elapsed = time.perf_counter() - t_start
+    print(f'Trained steps {start}..{step} in {elapsed:.1f} s.', flush=True)
+  writer.close()
+  results = {}
+  if config.eval.final_num_batches != 0:
+    results = evaluate_params(config, data, policy, _host_params(state.ema_params),
+                              num_batches=config.eval.final_num_batches, workdir=workdir)
+  if is_main:
+    metrics_lib.plot_loss_curve(workdir)
+  return results
+
+
+def evaluate_params(config, data, policy, params, *, num_batches: int, workdir=None) -> dict:
+  from egodex_jax import main as main_lib
+  return main_lib.run_evaluation(config, data, policy, params, num_batches=num_batches,
+                                 workdir=workdir)
+
+
+def restore_for_eval(config, workdir: str, data=None):
+  """(policy, EMA params, step) from the latest checkpoint in `workdir`."""
+  from egodex_jax import main as main_lib
+  data = data or main_lib.load_data(config)
+  manager = ckpt_lib.make_manager(workdir, save_every=1, keep=config.train.keep, async_save=False)
+  if manager.latest_step() is None:
+    raise TrainingError(f'{ckpt_lib.checkpoint_dir(workdir)}: no checkpoint to evaluate '
+                        '(train first with --mode=train).')
+  mesh = sharding_lib.make_mesh(config.mesh.fsdp)
+  policy = main_lib.make_policy(config, data)
+  optimizer, _ = make_optimizer(config.optim, int(config.train.num_steps))
+  example = main_lib.example_batch(config, data)
+  abstract, _ = abstract_state(policy, optimizer, example, config.seed, mesh,
+                               config.mesh.min_shard_size)
+  state, step = ckpt_lib.restore(manager, abstract)
+  return policy, _host_params(state.ema_params), step

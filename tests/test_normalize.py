@@ -1,0 +1,89 @@
+"""Streaming statistics and the reversible normaliser."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from egodex_jax.data import normalize
+
+
+def _data(seed=0, n=5000, d=48):
+  rng = np.random.default_rng(seed)
+  scale = rng.uniform(0.01, 0.5, size=d)
+  return (rng.normal(size=(n, d)) * scale + rng.normal(size=d)).astype(np.float32)
+
+
+def test_stats_match_numpy_when_the_reservoir_holds_everything():
+  x = _data()
+  s = normalize.compute_stats(np.array_split(x, 7))  # streamed in uneven chunks
+  np.testing.assert_allclose(s["mean"], x.astype(np.float64).mean(0), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(s["std"], x.astype(np.float64).std(0), rtol=1e-5)
+  np.testing.assert_allclose(s["p01"], np.percentile(x, 1, axis=0), rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(s["p99"], np.percentile(x, 99, axis=0), rtol=1e-6, atol=1e-7)
+  assert s["count"] == len(x)
+
+
+def test_reservoir_percentiles_stay_close_with_bounded_memory():
+  x = np.random.default_rng(1).uniform(-2.0, 3.0, size=(60_000, 4))
+  s = normalize.compute_stats(np.array_split(x, 30), reservoir_rows=5_000)
+  # Uniform(-2, 3): 1st / 99th percentiles are -1.95 / 2.95; a 5k sample is within ~0.03.
+  np.testing.assert_allclose(s["p01"], -1.95, atol=0.05)
+  np.testing.assert_allclose(s["p99"], 2.95, atol=0.05)
+  np.testing.assert_allclose(s["mean"], x.mean(0), atol=1e-9)  # sums are exact, not sampled
+
+
+def test_empty_stream_is_an_error():
+  with pytest.raises(ValueError, match="empty"):
+    normalize.compute_stats([])
+
+
+def _stats(x):
+  s = normalize.compute_stats([x])
+  return {"actions": s, "state": s}
+
+
+def test_minmax_maps_the_percentile_range_to_unit_interval():
+  x = _data()
+  n = normalize.Normalizer(_stats(x), "minmax")
+  lo = np.percentile(x, 1, axis=0)
+  hi = np.percentile(x, 99, axis=0)
+  np.testing.assert_allclose(n.normalize_actions(lo), -1.0, atol=1e-5)
+  np.testing.assert_allclose(n.normalize_actions(hi), 1.0, atol=1e-5)
+  y = n.normalize_state(x)
+  inside = np.mean((y >= -1) & (y <= 1))
+  assert 0.97 < inside < 0.99  # 98% of the data by construction
+
+
+def test_meanstd_standardises():
+  x = _data()
+  y = normalize.Normalizer(_stats(x), "meanstd").normalize_actions(x)
+  np.testing.assert_allclose(y.mean(0), 0.0, atol=1e-4)
+  np.testing.assert_allclose(y.std(0), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", normalize.KINDS)
+def test_round_trip_numpy_and_jitted_jax(kind):
+  x = _data(2)
+  x[:, 5] = 0.25  # a constant dimension: the guarded range must keep it finite and invertible
+  n = normalize.Normalizer(_stats(x), kind)
+  y = n.normalize_actions(x)
+  assert isinstance(y, np.ndarray) and np.isfinite(y).all()
+  np.testing.assert_allclose(n.denormalize_actions(y), x, rtol=1e-6, atol=1e-6)
+  chunk = jnp.asarray(x[:60].reshape(2, 30, 48))  # [B, H, 48]
+  back = jax.jit(lambda a: n.denormalize_actions(n.normalize_actions(a)))(chunk)
+  np.testing.assert_allclose(np.asarray(back), np.asarray(chunk), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(jax.jit(n.normalize_actions)(chunk)),
+                             n.normalize_actions(x[:60]).reshape(2, 30, 48), rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_kind_and_bad_stats_file(tmp_path):
+  with pytest.raises(ValueError, match="kind"):
+    normalize.Normalizer(_stats(_data()), "zscore")
+  p = tmp_path / "norm_stats.json"
+  p.write_text('{"actions": {}}')
+  with pytest.raises(ValueError, match="state"):
+    normalize.load_stats(str(p))
+  good = _stats(_data())
+  normalize.save_stats(str(p), good)
+  assert normalize.load_stats(str(p))["actions"]["count"] == good["actions"]["count"]

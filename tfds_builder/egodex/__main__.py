@@ -1,0 +1,54 @@
+"""TF-free build: python -m tfds_builder.egodex --raw_dir RAW --data_dir OUT [--image_size S]
+[--max_horizon M] [--num_workers W]. Output: OUT/egodex/s<S>_h<M>/1.0.0/."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse that reports a usage error as one stderr line."""
+
+  def error(self, message):
+    sys.stderr.write(f"{self.prog}: error: {message}\n")
+    sys.exit(2)
+
+
+def main(argv=None) -> int:
+  p = _Parser(prog="python -m tfds_builder.egodex",
+              description="Build the EgoDex ArrayRecord dataset from a raw hdf5+mp4 tree.")
+  p.add_argument("--raw_dir", required=True, help="raw tree (part1..5/test/extra, or any tree)")
+  p.add_argument("--data_dir", required=True, help="TFDS data dir to write to")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--max_horizon", type=int, default=90)
+  p.add_argument("--num_workers", type=int, default=None, help="processes (default: cores)")
+  args = p.parse_args(argv)
+  if args.image_size < 8 or args.max_horizon < 1:
+    p.error("--image_size must be >= 8 and --max_horizon >= 1")
+
+  # Imported late so that --help and argument errors stay fast.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tfds_builder.egodex import egodex_dataset_builder as edb  # pylint: disable=g-import-not-at-top
+
+  try:
+    edb.discover_splits(args.raw_dir)  # fail fast, before TFDS creates anything
+    builder = edb.Builder(data_dir=args.data_dir,
+                          config=edb.make_config(args.image_size, args.max_horizon),
+                          num_workers=args.num_workers)
+    if builder.is_prepared():
+      print(f"egodex: already built in {builder.data_dir}; delete it to rebuild")
+      return 0
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=os.path.abspath(args.raw_dir),
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  except (ValueError, OSError) as e:
+    sys.stderr.write(f"egodex build failed: {str(e).splitlines()[0] if str(e) else repr(e)}\n")
+    return 1
+  print(f"egodex: dataset written to {builder.data_dir}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
