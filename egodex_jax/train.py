@@ -18,6 +18,7 @@ checkpoint stays).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -49,6 +50,105 @@ class TrainState:
   opt_state: Any
   ema_params: Any
   rng: jax.Array           # [2] uint32; the step's key is fold_in(rng, step), so resuming is exact
+
+
+# ----------------------------------------------------------------------------- data and model
+
+class UserError(Exception):
+  """Bad input a user can fix: printed as one line, exit status 1, no traceback."""
+
+
+@dataclasses.dataclass
+class Data:
+  """What the model and the loops need to know about the dataset on disk."""
+  data_dir: str
+  meta: Any
+  instructions: list
+  tasks: list
+  norm_stats: dict
+  normalizer: Any
+
+
+def missing_dataset_message(data_dir: str) -> str:
+  return (f'No EgoDex dataset at {data_dir} (looked for {data_dir}/egodex/<config>/<version>/'
+          'dataset_info.json and egodex_meta.json). Either build it from the raw EgoDex files with '
+          f'`python -m tfds_builder.egodex --raw_dir RAW --data_dir {data_dir}` (or point '
+          '--config.data.data_dir at a built one), or run the demo on synthetic data: '
+          '`python -m egodex_jax.main --config=configs/fm_encdec.py:demo --workdir=workdirs/demo`.')
+
+
+def load_data(config) -> Data:
+  from egodex_jax.data import normalize, pipeline
+  data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
+  if config.data.synthetic:
+    from egodex_jax import demo
+    demo.ensure_dataset(config)
+  try:
+    meta = pipeline.load_metadata(data_dir)
+  except FileNotFoundError:
+    raise UserError(missing_dataset_message(data_dir)) from None
+  if meta.norm_stats is None:
+    raise UserError(f'{meta.data_dir}: norm_stats.json is missing (the build did not finish; '
+                    'rebuild the dataset).')
+  if config.data.horizon > meta.max_horizon:
+    raise UserError(f'data.horizon={config.data.horizon} exceeds the {meta.max_horizon} future '
+                    f'frames stored in {meta.data_dir}.')
+  return Data(data_dir=meta.data_dir, meta=meta, instructions=list(meta.instructions),
+              tasks=list(meta.tasks), norm_stats=meta.norm_stats,
+              normalizer=normalize.Normalizer(meta.norm_stats, config.data.normalization))
+
+
+def make_policy(config, data: Data):
+  from egodex_jax.models import policies
+  return policies.make_policy(config.model, horizon=config.data.horizon,
+                              instructions=data.instructions, goal=config.data.goal)
+
+
+def _dataset(config, data: Data, split: str, batch_size: int, *, shuffle: bool, seed: int,
+             sharded: bool, **kw):
+  import jax
+  from egodex_jax.data import pipeline
+  return pipeline.make_dataset(
+      data.data_dir, split, batch_size=batch_size, horizon=config.data.horizon,
+      goal=config.data.goal, seed=seed, shuffle=shuffle, meta=data.meta,
+      shard_index=jax.process_index() if sharded else 0,
+      shard_count=jax.process_count() if sharded else 1, **kw)
+
+
+def make_train_iter(config, data: Data, local_batch_size: int):
+  """This process's shard of the (shuffled, repeating) training split: a checkpointable iterator."""
+  return iter(_dataset(config, data, 'train', local_batch_size, shuffle=True, seed=config.seed,
+                       sharded=True, data_fraction=config.data.data_fraction,
+                       worker_count=config.data.worker_count))
+
+
+def dummy_example(config, data: Data) -> dict:
+  """A one-row batch of zeros with the pipeline's layout (parameter shapes need nothing more)."""
+  from egodex_jax.models import policies
+  return policies.dummy_batch(batch_size=1, horizon=config.data.horizon,
+                              image_size=data.meta.image_size, goal=config.data.goal)
+
+
+def run_evaluation(config, data: Data, policy, params, *, num_batches: int,
+                   workdir: str | None = None) -> dict:
+  """Best-of-K of `params` on the test split with the baselines (static, mean trajectory).
+
+  num_batches < 0: the whole split; else num_batches batches' worth of samples spread evenly over
+  it. Every process evaluates the same (unsharded) samples; only process 0 writes.
+  """
+  import jax
+  from egodex_jax import evaluate
+  bs = config.eval.batch_size
+  test = _dataset(config, data, config.eval.split, bs, shuffle=False, seed=config.seed,
+                  sharded=False, worker_count=0, num_epochs=1, drop_remainder=False,
+                  max_samples=None if num_batches < 0 else num_batches * bs)
+  train_it = _dataset(config, data, 'train', bs, shuffle=True, seed=config.seed + 1,
+                      sharded=False, worker_count=0)
+  mean_delta = evaluate.mean_trajectory(iter(train_it), max_batches=4)
+  return evaluate.evaluate(
+      policy, params, iter(test), data.normalizer, ks=tuple(config.eval.ks),
+      rng=jax.random.PRNGKey(config.seed + 2), tasks=data.tasks, mean_trajectory=mean_delta,
+      workdir=workdir if jax.process_index() == 0 else None)
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -197,20 +297,19 @@ def train(config, workdir: str, *, data=None) -> dict:
 
   `data`: a `Data` bundle (see `egodex_jax.main.load_data`); built from config when None.
   """
-  from egodex_jax import main as main_lib  # data/model wiring lives with the entry point
-  data = data or main_lib.load_data(config)
+  data = data or load_data(config)
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   num_steps = int(config.train.num_steps)
 
   mesh = sharding_lib.make_mesh(config.mesh.fsdp)
   local_bs = sharding_lib.check_batch_size(config.data.batch_size, mesh)
-  policy = main_lib.make_policy(config, data)
+  policy = make_policy(config, data)
   optimizer, schedule = make_optimizer(config.optim, num_steps)
-  train_iter = main_lib.make_train_iter(config, data, local_bs)
+  train_iter = make_train_iter(config, data, local_bs)
 
   # Parameters from a one-row example (the shapes do not depend on the batch size).
-  example = main_lib.example_batch(config, data)
+  example = dummy_example(config, data)
   abstract, shardings = abstract_state(policy, optimizer, example, config.seed, mesh,
                                        config.mesh.min_shard_size)
 
@@ -310,24 +409,29 @@ def train(config, workdir: str, *, data=None) -> dict:
 
 
 def evaluate_params(config, data, policy, params, *, num_batches: int, workdir=None) -> dict:
-  from egodex_jax import main as main_lib
-  return main_lib.run_evaluation(config, data, policy, params, num_batches=num_batches,
-                                 workdir=workdir)
+  return run_evaluation(config, data, policy, params, num_batches=num_batches, workdir=workdir)
 
 
-def restore_for_eval(config, workdir: str, data=None):
+def restore_for_eval(config, workdir: str, data: Data):
   """(policy, EMA params, step) from the latest checkpoint in `workdir`."""
-  from egodex_jax import main as main_lib
-  data = data or main_lib.load_data(config)
   manager = ckpt_lib.make_manager(workdir, save_every=1, keep=config.train.keep, async_save=False)
   if manager.latest_step() is None:
-    raise TrainingError(f'{ckpt_lib.checkpoint_dir(workdir)}: no checkpoint to evaluate '
-                        '(train first with --mode=train).')
+    raise UserError(f'{ckpt_lib.checkpoint_dir(workdir)}: no checkpoint to evaluate (train first '
+                    'with --mode=train).')
   mesh = sharding_lib.make_mesh(config.mesh.fsdp)
-  policy = main_lib.make_policy(config, data)
+  policy = make_policy(config, data)
   optimizer, _ = make_optimizer(config.optim, int(config.train.num_steps))
-  example = main_lib.example_batch(config, data)
-  abstract, _ = abstract_state(policy, optimizer, example, config.seed, mesh,
+  abstract, _ = abstract_state(policy, optimizer, dummy_example(config, data), config.seed, mesh,
                                config.mesh.min_shard_size)
   state, step = ckpt_lib.restore(manager, abstract)
   return policy, _host_params(state.ema_params), step
+
+
+def evaluate_checkpoint(config, workdir: str) -> dict:
+  """--mode=eval: Best-of-K of the latest checkpoint's EMA params; writes eval_results.json/md."""
+  data = load_data(config)
+  policy, params, step = restore_for_eval(config, workdir, data)
+  if jax.process_index() == 0:
+    print(f'Evaluating the EMA parameters of step {step} from {workdir}.', flush=True)
+  return run_evaluation(config, data, policy, params, num_batches=config.eval.final_num_batches,
+                        workdir=workdir)

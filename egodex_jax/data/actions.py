@@ -16,42 +16,38 @@ import sys
 
 import numpy as np
 
-from egodex_jax import geometry
 from egodex_jax import skeleton
 
-_WRISTS = tuple(skeleton.wrist(s) for s in skeleton.SIDES)  # 2
-_TIPS = tuple(skeleton.fingertip(s, f) for s in skeleton.SIDES
-              for f in skeleton.FINGERTIP_ORDER)  # 10, left then right
 _ROWS_PER_BLOCK = 1024  # bounds the memory of action_windows on long episodes
 
 
-def _action_poses(episode):
-  """-> camera [N, 4, 4], wrists [N, 2, 4, 4], tips [N, 10, 3], all float64 world frame."""
+# The 48 dims are 16 world-frame 3-vectors in action order: per hand the wrist position, the
+# wrist rotation's columns 0 and 1, then the five fingertip positions. Points move with the
+# camera's translation, directions only rotate.
+_IS_POINT = np.array(([True, False, False] + [True] * 5) * 2)  # [16]
+
+
+def _vectors(episode) -> np.ndarray:
+  """-> [N, 16, 3] float64 world-frame vectors in action order."""
   tr = episode.transforms
-  cam = tr[skeleton.CAMERA].astype(np.float64)
-  wrists = np.stack([tr[j] for j in _WRISTS], axis=1).astype(np.float64)
-  tips = np.stack([tr[j][:, :3, 3] for j in _TIPS], axis=1).astype(np.float64)
-  return cam, wrists, tips
+  cols = []
+  for side in skeleton.SIDES:
+    w = tr[skeleton.wrist(side)]
+    cols += [w[:, :3, 3], w[:, :3, 0], w[:, :3, 1]]
+    cols += [tr[skeleton.fingertip(side, f)][:, :3, 3] for f in skeleton.FINGERTIP_ORDER]
+  return np.stack(cols, axis=1).astype(np.float64)
 
 
-def _encode(cam_t, wrists, tips):
-  """Poses of future frames in the camera frames of their anchors -> 48-D actions.
-
-  cam_t [T, 4, 4] camera-to-world at the anchor frames; wrists [T, F, 2, 4, 4] and
-  tips [T, F, 10, 3] world-frame poses of F frames per anchor. Returns [T, F, 48] float64.
-  """
-  inv = geometry.se3_inverse(cam_t)
-  R, p = inv[:, :3, :3], inv[:, :3, 3]  # world-to-camera, [T, 3, 3], [T, 3]
-  T, F = wrists.shape[:2]
-  # Points: [T, F*k, 3] @ R^T + p, a batched matmul over anchors.
-  Rt = np.swapaxes(R, -1, -2)
-  w_pos = (wrists[..., :3, 3].reshape(T, F * 2, 3) @ Rt + p[:, None]).reshape(T, F, 2, 3)
-  tip_pos = (tips.reshape(T, F * 10, 3) @ Rt + p[:, None]).reshape(T, F, 10, 3)
-  # Rotation columns 0 and 1: R @ Rw[:, :2], as [T, F*2*2, 3] row vectors.
-  cols = np.swapaxes(wrists[..., :3, :2], -1, -2)  # [T, F, 2, 2(col), 3]
-  w_cols = (cols.reshape(T, F * 4, 3) @ Rt).reshape(T, F, 2, 6)  # col0 xyz, col1 xyz
-  tip_pos = tip_pos.reshape(T, F, 2, 15)
-  out = np.concatenate([w_pos, w_cols, tip_pos], axis=-1)  # [T, F, 2, 24]
+def _encode(cam_t: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+  """cam_t [T, 4, 4] camera-to-world at the anchors, vectors [T, F, 16, 3] world-frame
+  -> [T, F, 48] float64 in each anchor's camera frame: R^T (v - c) for points, R^T v else."""
+  R = cam_t[:, :3, :3].astype(np.float64)  # [T, 3, 3]
+  c = cam_t[:, :3, 3].astype(np.float64)  # [T, 3]
+  T, F = vectors.shape[:2]
+  # Row vectors: (R^T v)^T = v^T R, one batched matmul per anchor block.
+  out = (vectors.reshape(T, F * 16, 3) @ R).reshape(T, F, 16, 3)
+  cR = np.einsum("tj,tji->ti", c, R)  # R^T c, [T, 3]
+  out -= np.where(_IS_POINT[:, None], cR[:, None, None, :], 0.0)  # [T, 1, 16, 3]
   return out.reshape(T, F, skeleton.ACTION_DIM)
 
 
@@ -66,8 +62,7 @@ def _check_t(episode, t) -> int:
 
 def _frames(episode, t: int, frames: np.ndarray) -> np.ndarray:
   """[F] frame indices (valid) -> [F, 48] float64 in camera frame t."""
-  cam, wrists, tips = _action_poses(episode)
-  return _encode(cam[t:t + 1], wrists[frames][None], tips[frames][None])[0]
+  return _encode(episode.camera[t:t + 1], _vectors(episode)[frames][None])[0]
 
 
 def action_chunk(episode, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,13 +95,14 @@ def action_windows(episode, max_horizon: int) -> tuple[np.ndarray, np.ndarray]:
   if isinstance(max_horizon, bool) or int(max_horizon) != max_horizon or max_horizon < 0:
     raise ValueError(f"max_horizon must be an integer >= 0, got {max_horizon!r}")
   m = int(max_horizon)
-  cam, wrists, tips = _action_poses(episode)
+  cam = episode.camera
+  vectors = _vectors(episode)  # [N, 16, 3]
   n = cam.shape[0]
   out = np.empty((n, m + 1, skeleton.ACTION_DIM), np.float32)
   for start in range(0, n, _ROWS_PER_BLOCK):
     t = np.arange(start, min(n, start + _ROWS_PER_BLOCK))
     idx = np.minimum(t[:, None] + np.arange(m + 1)[None], n - 1)  # [T, M+1]
-    out[start:start + len(t)] = _encode(cam[t], wrists[idx], tips[idx])
+    out[start:start + len(t)] = _encode(cam[t], vectors[idx])
   num_future = np.minimum(m, n - 1 - np.arange(n)).astype(np.int32)
   return out, num_future
 

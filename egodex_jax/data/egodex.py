@@ -22,6 +22,10 @@ from egodex_jax import skeleton
 RIGID_ATOL = 1e-2
 # Reading forward up to this many frames beats a seek (a seek decodes from the last keyframe).
 MAX_FORWARD_GAP = 30
+# FFmpeg prints its own complaints ("moov atom not found") for files we reject with a clear
+# EpisodeError anyway; keep them off stderr unless the user asked for a level. Read by OpenCV
+# when it opens its first capture.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 class EpisodeError(ValueError):
@@ -66,6 +70,17 @@ def _decode_attr(value: Any) -> Any:
   if isinstance(value, np.generic):
     return value.item()
   return value
+
+
+def _read_attrs(f) -> dict[str, Any]:
+  """Every readable root attribute, decoded; one that HDF5 cannot read is skipped, not fatal."""
+  out = {}
+  for k in f.attrs.keys():
+    try:
+      out[k] = _decode_attr(f.attrs[k])
+    except (OSError, TypeError, ValueError):
+      continue
+  return out
 
 
 def _present(value: Any) -> bool:
@@ -188,8 +203,12 @@ def load_episode(hdf5_path: str, video_path: str | None = None, *,
     raise _error(hdf5_path, "not an HDF5 file")
 
   width = height = None
+  reader = None
   if check_video:
-    width, height = _check_video(hdf5_path, video_path)
+    if not os.path.isfile(video_path):
+      raise _error(hdf5_path, f"its video {video_path} is missing")
+    reader = VideoReader(video_path)
+    width, height = reader.width, reader.height
 
   try:
     with h5py.File(hdf5_path, "r") as f:
@@ -205,15 +224,17 @@ def load_episode(hdf5_path: str, video_path: str | None = None, *,
       n = transforms[skeleton.CAMERA].shape[0]
       confidences = _read_confidences(hdf5_path, f, n)
       intrinsic = _read_intrinsic(f, width, height)
-      attrs = {k: _decode_attr(v) for k, v in f.attrs.items()}
+      attrs = _read_attrs(f)
+    if reader is not None:
+      _check_video_length(hdf5_path, reader, n)
   except EpisodeError:
     raise
   except (OSError, KeyError, ValueError, TypeError) as e:
     raise _error(hdf5_path, f"cannot be read as an EgoDex HDF5 file ({type(e).__name__}: {e})"
                  ) from None
-
-  if check_video:
-    _check_video_length(hdf5_path, video_path, n)
+  finally:
+    if reader is not None:
+      reader.close()
 
   task = attrs.get("task")
   if not _present(task):
@@ -230,24 +251,16 @@ def load_episode(hdf5_path: str, video_path: str | None = None, *,
   )
 
 
-def _check_video(hdf5_path: str, video_path: str) -> tuple[int, int]:
-  if not os.path.isfile(video_path):
-    raise _error(hdf5_path, f"its video {video_path} is missing")
-  with VideoReader(video_path) as reader:
-    return reader.width, reader.height
-
-
-def _check_video_length(hdf5_path: str, video_path: str, n: int) -> None:
+def _check_video_length(hdf5_path: str, reader: "VideoReader", n: int) -> None:
   """Decodes frame N - 1; OpenCV's frame count can be wrong, so the count alone decides nothing."""
-  with VideoReader(video_path) as reader:
-    try:
-      reader.read([n - 1])
-    except EpisodeError:
-      if 0 < reader.num_frames < n:
-        raise _error(hdf5_path, f"its video has {reader.num_frames} frames, fewer than the "
-                     f"{n} pose rows") from None
-      raise _error(hdf5_path, f"its video {os.path.basename(video_path)} cannot be decoded up to "
-                   f"frame {n - 1} (truncated or corrupt)") from None
+  try:
+    reader.read([n - 1])
+  except EpisodeError:
+    if 0 < reader.num_frames < n:
+      raise _error(hdf5_path, f"its video has {reader.num_frames} frames, fewer than the "
+                   f"{n} pose rows") from None
+    raise _error(hdf5_path, f"its video {os.path.basename(reader.path)} cannot be decoded up to "
+                 f"frame {n - 1} (truncated or corrupt)") from None
 
 
 def find_episodes(root: str) -> list[tuple[str, str]]:

@@ -175,11 +175,13 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, horizon: int, go
                  data_fraction: float = 1.0, worker_count: int = 0, shard_index: int = 0,
                  shard_count: int = 1, drop_remainder: bool = True, frame_stride: int = 1,
                  max_samples: int | None = None, image_size: int | None = None,
-                 meta: DatasetMeta | None = None):
+                 read_threads: int = 4, meta: DatasetMeta | None = None):
   """A checkpointable Grain IterDataset of batches; `iter()` it, `get_state()`/`set_state()`.
 
   Each process passes its own shard_index / shard_count (disjoint parts of the split). With
-  num_epochs=None it repeats forever, reshuffled each epoch.
+  num_epochs=None it repeats forever, reshuffled each epoch. Samples are read by
+  `read_threads` threads per process (per worker when worker_count > 0) with a prefetch buffer of
+  two batches, so memory stays at a few batches whatever the batch size.
   """
   import grain  # pylint: disable=g-import-not-at-top
   meta = meta or load_metadata(data_dir)
@@ -204,8 +206,10 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, horizon: int, go
     ds = ds.seed(seed).shuffle()  # a new permutation every epoch
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
-  ds = ds.map(loader).batch(batch_size, drop_remainder=drop_remainder)
-  it = ds.to_iter_dataset()
+  # Batch after to_iter_dataset: the read threads then share out samples, not whole batches.
+  it = ds.map(loader).to_iter_dataset(grain.ReadOptions(
+      num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
+  it = it.batch(batch_size, drop_remainder=drop_remainder)
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it

@@ -31,7 +31,7 @@ from egodex_jax import skeleton
 
 MAX_MODES = 2
 TABLE_Y = 0.75  # table height in the scene frame (y up, the person faces -z)
-HEAD = np.array([0.0, 1.17, 0.02])  # nominal camera position, ~0.55 m from the work area
+HEAD = np.array([0.0, 1.12, 0.02])  # nominal camera position, ~0.55 m from the work area
 LOOK_AT = np.array([0.0, TABLE_Y, -0.40])
 
 
@@ -163,7 +163,7 @@ def _wrist_rotation(yaw, pitch, roll) -> np.ndarray:
 def _grasp_wrist(center, yaw, pitch, roll, reach=0.075, below=0.035):
   """Wrist position that puts `center` between the curled fingers and the palm."""
   R = _wrist_rotation(np.array(yaw), np.array(pitch), np.array(roll))
-  return np.asarray(center) - reach * R[:, 0] + below * R[:, 1]
+  return np.asarray(center) - reach * R[..., :, 0] + below * R[..., :, 1]
 
 
 @dataclasses.dataclass
@@ -323,7 +323,9 @@ class _Renderer:
     palm_uv = self._uv16(palm)
     palm_r = np.maximum(1, np.round(self.K[0, 0] * 0.03 / np.maximum(palm[:, 2], 1e-3)))
     skin = (150, 180, 225) if side == "left" else (135, 165, 215)
-    return dict(uv=uv, bones=bones, ok=ok, thick=thick, palm_uv=palm_uv, palm_r=palm_r,
+    chains = [[0, 1, 2, 3, 4]] + [[0] + list(range(5 + 5 * f, 10 + 5 * f)) for f in range(4)]
+    assert all(names[c[-1]].endswith("Tip") for c in chains)
+    return dict(uv=uv, chains=chains, ok=ok, thick=thick, palm_uv=palm_uv, palm_r=palm_r,
                 palm_ok=palm[:, 2] > 0.05, skin=skin)
 
   def render(self, camera_scene: np.ndarray, objects: list, hand_joints: dict):
@@ -352,14 +354,12 @@ class _Renderer:
           else:
             cv2.circle(img, (int(uv[0]), int(uv[1])), rad, color, -1, cv2.LINE_AA, 4)
       for hd in hands:
-        uv, skin = hd["uv"][t], hd["skin"]
-        for k, (a, b) in enumerate(hd["bones"]):
-          if hd["ok"][t, k]:
-            cv2.line(img, (int(uv[a, 0]), int(uv[a, 1])), (int(uv[b, 0]), int(uv[b, 1])), skin,
-                     int(hd["thick"][t, k]), cv2.LINE_AA, 4)
+        if hd["ok"][t].all():  # five chains from the wrist, one call
+          chains = [hd["uv"][t][c] for c in hd["chains"]]
+          cv2.polylines(img, chains, False, hd["skin"], int(hd["thick"][t].max()), cv2.LINE_AA, 4)
         if hd["palm_ok"][t]:
           pu = hd["palm_uv"][t]
-          cv2.circle(img, (int(pu[0]), int(pu[1])), int(hd["palm_r"][t]) * 16, skin, -1,
+          cv2.circle(img, (int(pu[0]), int(pu[1])), int(hd["palm_r"][t]) * 16, hd["skin"], -1,
                      cv2.LINE_AA, 4)
       yield img
 
@@ -448,10 +448,11 @@ def _task_block_on_mat(rng, n):
 
 
 def _task_ball_in_bowl(rng, n):
-  x = rng.uniform(0.08, 0.16)
-  bowls = [_table_pos(x + rng.uniform(-0.02, 0.02), -0.30 + rng.uniform(-0.02, 0.02)),
-           _table_pos(x + rng.uniform(-0.02, 0.02), -0.56 + rng.uniform(-0.02, 0.02))]
-  ball = _table_pos(rng.uniform(-0.18, -0.04), rng.uniform(-0.50, -0.28))
+  # A near-left and a far-right bowl, the ball between them: both targets lie well away from
+  # the right hand's rest pose, so either outcome is a real movement.
+  bowls = [_table_pos(-0.21 + rng.uniform(-0.03, 0.03), -0.38 + rng.uniform(-0.03, 0.03)),
+           _table_pos(0.12 + rng.uniform(-0.03, 0.03), -0.58 + rng.uniform(-0.03, 0.03))]
+  ball = _table_pos(rng.uniform(-0.06, 0.10), rng.uniform(-0.46, -0.34))
   mode = int(rng.integers(2))
   r = 0.028
   yaw, pitch, roll = rng.uniform(0.0, 0.35), rng.uniform(0.6, 0.8), rng.uniform(-0.1, 0.1)
@@ -798,7 +799,9 @@ def write_broken_episode(out_dir: str, kind: str, *, task: str = "broken", index
                   num_frames=num_frames)
     os.remove(h + ".ok")
     return h, m
-  n_video = num_frames - 8 if kind == "short_video" else num_frames
+  if num_frames < 4:
+    raise ValueError(f"broken episodes need num_frames >= 4, got {num_frames}")
+  n_video = num_frames // 2 if kind == "short_video" else num_frames
   write_episode(h, m, "lift_cup", seed, width=width, height=height, num_frames=n_video)
   if kind == "short_video":  # rewrite the poses longer than the video
     write_episode(h, None, "lift_cup", seed, width=width, height=height, num_frames=num_frames)
@@ -811,7 +814,7 @@ def write_broken_episode(out_dir: str, kind: str, *, task: str = "broken", index
       f["transforms/leftHand"][...] = T
     elif kind == "non_rigid":
       T = f["transforms/rightHand"][()]
-      T[3, :3, :3] *= 1.5
+      T[num_frames // 2, :3, :3] *= 1.5
       f["transforms/rightHand"][...] = T
     elif kind == "empty":
       for name in skeleton.JOINTS + (skeleton.CAMERA,):
@@ -821,7 +824,7 @@ def write_broken_episode(out_dir: str, kind: str, *, task: str = "broken", index
     elif kind == "mismatched_lengths":
       T = f["transforms/leftThumbTip"][()]
       del f["transforms/leftThumbTip"]
-      f.create_dataset("transforms/leftThumbTip", data=T[:-3])
+      f.create_dataset("transforms/leftThumbTip", data=T[:-1])
   if kind == "truncated_video":
     size = os.path.getsize(m)
     with open(m, "r+b") as f:

@@ -37,7 +37,7 @@ HEADS = ("bc", "ddpm", "fm")
 # Every field of `config.model`; presets override some of them. See docs/interfaces.md.
 _DEFAULTS = dict(
     size="paper", backbone="encdec", head="fm", mask="block",
-    emb_dim=1024, num_heads=16, num_layers=12, enc_layers=5, dec_layers=6, mlp_ratio=4,
+    emb_dim=1024, num_heads=16, num_layers=11, enc_layers=5, dec_layers=5, mlp_ratio=4,
     dropout=0.1, attn_dropout=0.0, dtype="float32", relative_actions=False,
     image=dict(stage_sizes=(2, 2, 2, 2), width=64, groups=32, num_tokens=1),
     language=dict(encoder="learned", max_len=32, width=128, num_layers=1),
@@ -56,7 +56,7 @@ PRESETS = {
                  image=dict(stage_sizes=(1, 1, 1, 1), width=16, groups=8),
                  language=dict(width=64, num_layers=1), state=dict(hidden=128)),
     # The paper's ~200M (ResNet-18 + a 1024-wide transformer).
-    "paper": dict(emb_dim=1024, num_heads=16, num_layers=12, enc_layers=5, dec_layers=6),
+    "paper": dict(emb_dim=1024, num_heads=16, num_layers=11, enc_layers=5, dec_layers=5),
     # The paper's 500M ablation.
     "large": dict(emb_dim=1536, num_heads=24, num_layers=13, enc_layers=6, dec_layers=6),
 }

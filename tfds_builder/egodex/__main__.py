@@ -24,6 +24,8 @@ def main(argv=None) -> int:
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--max_horizon", type=int, default=90)
   p.add_argument("--num_workers", type=int, default=None, help="processes (default: cores)")
+  p.add_argument("--beam", action="store_true",
+                 help="generate with Apache Beam (DirectRunner here; needs apache-beam)")
   args = p.parse_args(argv)
   if args.image_size < 8 or args.max_horizon < 1:
     p.error("--image_size must be >= 8 and --max_horizon >= 1")
@@ -35,13 +37,22 @@ def main(argv=None) -> int:
   try:
     edb.discover_splits(args.raw_dir)  # fail fast, before TFDS creates anything
     builder = edb.Builder(data_dir=args.data_dir,
-                          config=edb.make_config(args.image_size, args.max_horizon),
+                          config=edb.builder_config(args.image_size, args.max_horizon),
                           num_workers=args.num_workers)
     if builder.is_prepared():
       print(f"egodex: already built in {builder.data_dir}; delete it to rebuild")
       return 0
+    beam_options = None
+    if args.beam:
+      try:
+        from apache_beam.options import pipeline_options  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        raise ValueError("--beam needs apache-beam installed (pip install apache-beam)") from None
+      beam_options = pipeline_options.PipelineOptions([
+          "--runner=DirectRunner", f"--direct_num_workers={args.num_workers or os.cpu_count()}",
+          "--direct_running_mode=multi_processing"])
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.abspath(args.raw_dir),
+        manual_dir=os.path.abspath(args.raw_dir), beam_options=beam_options,
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
   except (ValueError, OSError) as e:
     sys.stderr.write(f"egodex build failed: {str(e).splitlines()[0] if str(e) else repr(e)}\n")

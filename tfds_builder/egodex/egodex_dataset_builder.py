@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures as futures
 import dataclasses
+import glob
 import hashlib
 import json
 import math
@@ -71,6 +72,13 @@ def make_config(image_size: int = DEFAULT_IMAGE_SIZE,
                       max_horizon=max_horizon,
                       description=f"{image_size}x{image_size} JPEG frames, windows of "
                       f"{max_horizon} future frames.")
+
+
+def builder_config(image_size: int = DEFAULT_IMAGE_SIZE, max_horizon: int = DEFAULT_MAX_HORIZON):
+  """What to pass as `config=`: a registered config by name (TFDS refuses a custom config that
+  shadows one), else a new EgodexConfig."""
+  cfg = make_config(image_size, max_horizon)
+  return cfg.name if cfg.name in {c.name for c in Builder.BUILDER_CONFIGS} else cfg
 
 
 # --- finding episodes and splits ---------------------------------------------------------
@@ -216,6 +224,17 @@ def _read_spill(path: str) -> Iterator[dict[str, Any]]:
     os.remove(path)
 
 
+def _beam_episode(job: dict[str, Any], image_size: int, max_horizon: int):
+  """Beam: one planned episode -> (key, record); keys are record indices (disable_shuffling
+  sorts by them). An episode that passed the probe but fails here fails the job, since a hole
+  would shift every later record index."""
+  ids = {"episode_id": np.int32(job["episode_id"]), "task_id": np.int32(job["task_id"]),
+         "instruction_id": np.int32(job["instruction_id"])}
+  for t, rec in enumerate(episode_records(tuple(job["pair"]), image_size, max_horizon)):
+    rec.update(ids)
+    yield job["first_index"] + t, rec
+
+
 def _ordered_map(pool, fn, jobs, ahead: int) -> Iterator[Any]:
   """pool.map in order with at most `ahead` tasks in flight (bounded memory and disk)."""
   pending = collections.deque()
@@ -330,6 +349,30 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self.build_log(f"egodex: skipped {reason}")
 
   def _generate_examples(self, split: str):
+    if self._beam:
+      return self._beam_examples(split)
+    return self._local_examples(split)
+
+  def _beam_examples(self, split: str):
+    """The Apache Beam path (for the full release): the episode table is fixed by the probe."""
+    import apache_beam as beam  # pylint: disable=g-import-not-at-top
+    cfg = self.builder_config
+    task_id = {t: i for i, t in enumerate(self._tasks)}
+    instruction_id = {s: i for i, s in enumerate(self._instructions)}
+    table, jobs, index = self._episodes.setdefault(split, []), [], 0
+    for pair, info in self._plans[split]:
+      e = {"episode_id": len(table), "path": os.path.relpath(pair[0], self._raw_dir),
+           "first_index": index, "num_frames": info["num_frames"], "task": info["task"],
+           "instruction": info["instruction"], "mode": info["mode"]}
+      table.append(e)
+      jobs.append({"pair": list(pair), "episode_id": e["episode_id"], "first_index": index,
+                   "task_id": task_id[info["task"]],
+                   "instruction_id": instruction_id[info["instruction"]]})
+      index += info["num_frames"]
+    return (beam.Create(jobs) | f"Reshuffle_{split}" >> beam.Reshuffle()
+            | f"Encode_{split}" >> beam.FlatMap(_beam_episode, cfg.image_size, cfg.max_horizon))
+
+  def _local_examples(self, split: str):
     """Yields (key, record) in (episode, frame) order; integer keys keep that order on disk."""
     cfg = self.builder_config
     task_id = {t: i for i, t in enumerate(self._tasks)}
@@ -364,6 +407,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                      f"{self._frames_done / dt:.1f} frames/s")
 
   def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    self._beam = bool(download_config.beam_runner or download_config.beam_options)
     try:
       super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
     finally:
@@ -373,7 +417,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       if getattr(self, "_spill_dir", None):
         import shutil  # pylint: disable=g-import-not-at-top
         shutil.rmtree(self._spill_dir, ignore_errors=True)
+    if self._beam:  # records were made on Beam workers: statistics from a pass over the shards
+      self._stats_from_shards(os.fspath(self.data_dir))
     self._write_side_files(os.fspath(self.data_dir))
+
+  def _stats_from_shards(self, out_dir: str) -> None:
+    from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+    paths = sorted(glob.glob(os.path.join(out_dir, f"{self.name}-{self._stats_split}."
+                                                   "array_record-*")))
+    source = array_record_data_source.ArrayRecordDataSource(paths)
+    features = self.info.features
+    for i in range(len(source)):
+      rec = features.deserialize_example_np(source[i], decoders=None)
+      self._stats["state"].add(rec["window"][0])
+      self._stats["actions"].add(rec["window"][1:1 + int(rec["num_future"])])
 
   def _write_side_files(self, out_dir: str) -> None:
     cfg = self.builder_config

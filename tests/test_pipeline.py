@@ -1,0 +1,167 @@
+"""The Grain pipeline over a real (tiny) ArrayRecord build of synthetic episodes."""
+
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from egodex_jax.data import actions
+from egodex_jax.data import egodex
+from egodex_jax.data import pipeline
+from egodex_jax.data import synthetic
+from tfds_builder.egodex import egodex_dataset_builder as edb
+
+S, M = 32, 90  # short episodes (< 40 frames) and M = 90: long horizons are mostly padding
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  raw = str(tmp_path_factory.mktemp("raw"))
+  synthetic.generate(raw, 8, seed=5, width=64, height=48, min_frames=4, max_frames=36)
+  out = str(tmp_path_factory.mktemp("data"))
+  builder = edb.Builder(data_dir=out, config=edb.make_config(S, M), num_workers=2)
+  builder.build_log = lambda *_: None
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir=raw, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  return {"raw": raw, "out": out, "meta": pipeline.load_metadata(out)}
+
+
+def _ds(data, **kw):
+  args = dict(batch_size=4, horizon=30, seed=0)
+  args.update(kw)
+  return pipeline.make_dataset(data["out"], "train", meta=data["meta"], **args)
+
+
+def _ids(batch):
+  return list(zip(batch["episode_id"].tolist(), batch["frame"].tolist()))
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def test_metadata(data):
+  meta = data["meta"]
+  assert meta.image_size == S and meta.max_horizon == M
+  assert sorted(meta.splits) == ["test", "train"]
+  assert len(meta.episodes["train"]) == 6 and len(meta.episodes["test"]) == 2
+  assert set(meta.norm_stats) >= {"actions", "state"}
+  assert all(meta.instructions[i] for i in range(len(meta.instructions)))
+
+
+def test_missing_dataset_error_says_where_and_how(tmp_path):
+  with pytest.raises(FileNotFoundError) as e:
+    pipeline.load_metadata(str(tmp_path))
+  assert str(tmp_path) in str(e.value) and "python -m tfds_builder.egodex" in str(e.value)
+
+
+@pytest.mark.parametrize("goal", [False, True])
+def test_batch_layout(data, goal):
+  b = next(iter(_ds(data, goal=goal)))
+  want = {"image": ((4, S, S, 3), np.uint8), "state": ((4, 48), np.float32),
+          "actions": ((4, 30, 48), np.float32), "padding": ((4, 30), np.bool_),
+          "instruction_id": ((4,), np.int32), "task_id": ((4,), np.int32),
+          "mode": ((4,), np.int32), "mode_targets": ((4, 2, 3), np.float32),
+          "episode_id": ((4,), np.int32), "frame": ((4,), np.int32)}
+  if goal:
+    want["goal_image"] = ((4, S, S, 3), np.uint8)
+  assert {k: (v.shape, v.dtype) for k, v in b.items()} == want
+
+
+@pytest.mark.parametrize("horizon", [30, 90])
+def test_actions_padding_and_goal_match_the_raw_episodes(data, horizon):
+  meta = data["meta"]
+  by_id = {e["episode_id"]: e for e in meta.episodes["train"]}
+  episodes = {}
+  src = pipeline.data_source(meta, "train")
+  it = iter(_ds(data, horizon=horizon, goal=True, batch_size=8))
+  checked_padding = 0
+  for b in _take(it, 3):
+    for i, (e, t) in enumerate(_ids(b)):
+      info = by_id[e]
+      if e not in episodes:
+        episodes[e] = egodex.load_episode(os.path.join(data["raw"], info["path"]))
+      chunk, padding = actions.action_chunk(episodes[e], t, horizon)
+      np.testing.assert_allclose(b["actions"][i], chunk, atol=1e-5)
+      np.testing.assert_array_equal(b["padding"][i], padding)
+      np.testing.assert_allclose(b["state"][i], actions.hand_state(episodes[e], t), atol=1e-5)
+      checked_padding += int(padding.any())
+      goal_t = min(t + horizon, info["num_frames"] - 1)
+      goal = src[info["first_index"] + goal_t]
+      assert int(goal["frame"]) == goal_t and int(goal["episode_id"]) == e
+      np.testing.assert_array_equal(b["goal_image"][i], pipeline.decode_jpeg(goal["image"]))
+  assert checked_padding > 0  # episodes are shorter than the horizon: padding must show up
+
+
+def test_same_seed_same_batches_other_seed_other_order(data):
+  a = [_ids(b) for b in _take(iter(_ds(data, seed=3)), 3)]
+  b = [_ids(b) for b in _take(iter(_ds(data, seed=3)), 3)]
+  c = [_ids(b) for b in _take(iter(_ds(data, seed=4)), 3)]
+  assert a == b and a != c
+
+
+def test_epochs_cover_the_split_and_reshuffle(data):
+  n = data["meta"].num_records("train")
+  one = [i for b in _ds(data, batch_size=1, num_epochs=1) for i in _ids(b)]
+  assert len(one) == len(set(one)) == n
+  two = [i for b in _take(iter(_ds(data, batch_size=1, num_epochs=2)), 2 * n) for i in _ids(b)]
+  assert two[:n] == one and sorted(two[n:]) == sorted(one) and two[n:] != one
+
+
+def test_state_save_restore_gives_the_same_next_batches(data):
+  it = iter(_ds(data))
+  _take(it, 2)
+  state = it.get_state()
+  after = [_ids(b) for b in _take(it, 3)]
+  it2 = iter(_ds(data))
+  it2.set_state(state)
+  assert [_ids(b) for b in _take(it2, 3)] == after
+
+
+def test_shards_are_disjoint_and_cover(data):
+  n = data["meta"].num_records("train")
+  parts = []
+  for k in range(3):
+    ds = _ds(data, shard_index=k, shard_count=3, shuffle=False, num_epochs=1,
+             drop_remainder=False, batch_size=5)
+    parts.append({i for b in ds for i in _ids(b)})
+  assert sum(len(p) for p in parts) == n == len(set.union(*parts))
+
+
+def test_data_fraction_keeps_a_nested_episode_subset(data):
+  def episodes(frac):
+    ds = _ds(data, data_fraction=frac, num_epochs=1, shuffle=False, drop_remainder=False)
+    return {e for b in ds for e, _ in _ids(b)}
+  half, most, full = episodes(0.5), episodes(0.75), episodes(1.0)
+  assert len(half) == math.ceil(0.5 * 6) and len(most) == math.ceil(0.75 * 6) and len(full) == 6
+  assert half < most < full
+  frames = {e["episode_id"]: e["num_frames"] for e in data["meta"].episodes["train"]}
+  ds = _ds(data, data_fraction=0.5, num_epochs=1, shuffle=False, drop_remainder=False)
+  assert sum(len(b["frame"]) for b in ds) == sum(frames[e] for e in half)  # whole episodes
+
+
+def test_stride_max_samples_and_smaller_images(data):
+  ds = _ds(data, frame_stride=4, num_epochs=1, drop_remainder=False, image_size=16)
+  batches = list(ds)
+  assert all(f % 4 == 0 for b in batches for f in b["frame"])
+  assert batches[0]["image"].shape[1:] == (16, 16, 3)
+  got = sum(len(b["frame"]) for b in _ds(data, max_samples=10, num_epochs=1, batch_size=3,
+                                         drop_remainder=False))
+  assert got == 10
+
+
+def test_bad_arguments(data):
+  with pytest.raises(ValueError, match="horizon"):
+    _ds(data, horizon=M + 1)
+  with pytest.raises(ValueError, match="split"):
+    pipeline.make_dataset(data["out"], "validation", batch_size=4, horizon=30)
+
+
+def test_worker_process_path_matches_in_process(data):
+  a = [_ids(b) for b in _take(iter(_ds(data)), 3)]
+  it = iter(_ds(data, worker_count=1))
+  got = _take(it, 3)
+  assert [_ids(b) for b in got] == a
+  assert got[0]["image"].shape == (4, S, S, 3)
