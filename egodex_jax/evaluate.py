@@ -164,28 +164,25 @@ def best_of_k(gt_actions, gt_padding, pred_actions, ks=DEFAULT_KS) -> dict[str, 
 
 # --- Mode coverage -------------------------------------------------------------------------------
 # Where the data records the true mode (synthetic episodes: batch `mode >= 0`, `mode_targets
-# [B, 2, 3]` = where the right wrist ends up under each mode, camera frame t):
-# - a trajectory GOES TO mode m when its final right wrist p is nearer to target c_m than to the
-#   other target by at least `margin` metres (nearest target, with a dead zone between them);
-# - a sampled trajectory is PLAUSIBLE when p lies within `radius` metres of the straight path from
-#   the current right wrist s (the state) to some target c_m (anywhere along it: speed is free);
-# - a sample is COMMITTED when it is unpadded and its ground truth goes to its true mode;
-# - a sample HITS mode m when it goes to m and is plausible toward m (within `radius` of s -> c_m);
+# [B, 2, 3]` = where the right wrist ends up under each mode, camera frame t). Only the right
+# wrist's position at the chunk's last frame is used: s now (the state), g for the ground truth,
+# p for a sample, c_true / c_other the targets.
+# - a trajectory GOES TO mode m when its final right wrist is nearer to c_m than to the other
+#   target by at least `margin` metres (nearest target, with a dead zone between them);
+# - a sample is COMMITTED when it is unpadded and its ground truth goes to its true mode and ends
+#   at least `margin` nearer to c_true than s is (it is heading there, not just starting nearer);
+# - the ground truth's MIRROR under the other mode is g' = g + progress * (c_other - c_true), with
+#   progress = clip(1 - |g - c_true| / |s - c_true|, 0, 1): a hand that has not moved yet ends
+#   at the same place under either mode, one that reached its target would have reached the other;
+# - a prediction HITS the true mode when it goes to it and |p - g| <= radius; it is PLAUSIBLE when
+#   it ends within `radius` of g or of g' (near the end of SOME valid outcome);
 # - coverage@K = fraction of committed samples whose true mode is hit by one of the first K
-#   predictions; precision = fraction of all first-max(K) predictions of unpadded samples with a
-#   known mode that are plausible. Spraying samples raises coverage only at the cost of precision,
-#   and a sampler that always picks one mode covers about half of balanced data.
+#   predictions; precision = fraction of the first max(K) predictions of the unpadded samples with
+#   a known mode that are plausible. Spraying predictions buys coverage only at the cost of
+#   precision, and a sampler that always picks the same mode covers about half of balanced data.
 
 DEFAULT_MODE_MARGIN = 0.03   # metres
-DEFAULT_MODE_RADIUS = 0.05   # metres
-
-
-def _segment_distance(p, a, b):
-  """Distance from points p [..., 3] to segments a -> b [..., 3] (broadcast)."""
-  v = b - a
-  t = jnp.sum((p - a) * v, axis=-1, keepdims=True) / jnp.maximum(jnp.sum(v * v, -1, keepdims=True),
-                                                                 1e-12)
-  return jnp.linalg.norm(p - (a + jnp.clip(t, 0.0, 1.0) * v), axis=-1)
+DEFAULT_MODE_RADIUS = 0.08   # metres (the synthetic modes' targets lie ~0.3-0.4 m apart)
 
 
 def _goes_to(final_wrist, targets, margin):
@@ -206,19 +203,23 @@ def mode_hits(state, mode, mode_targets, gt_actions, gt_padding, pred_actions, k
     gt_padding [B, T] bool, pred_actions [N, B, T, 48] (canonical, metres, camera frame t).
   Returns:
     (known [B] bool: unpadded with a known mode, committed [B] bool, covered [B, len(ks)] bool,
-     plausible [B] int32: plausible predictions among the first max(ks)).
+     plausible [B] int32: plausible predictions among the first max(ks), 0 where not known).
   """
   _check_ks(ks, pred_actions.shape[0])
-  pred = pred_actions[:max(ks)]
-  s = state[:, RIGHT_WRIST]                                   # [B, 3]
+  idx = jnp.maximum(mode, 0)
+  s = state[:, RIGHT_WRIST]                                        # [B, 3]
+  g = gt_actions[:, -1, RIGHT_WRIST]                               # [B, 3]
+  c_true = jnp.take_along_axis(mode_targets, idx[:, None, None], axis=1)[:, 0]
+  c_other = jnp.take_along_axis(mode_targets, (1 - idx)[:, None, None], axis=1)[:, 0]
   known = (mode >= 0) & ~jnp.any(gt_padding, axis=-1)
-  committed = known & (_goes_to(gt_actions[:, -1, RIGHT_WRIST], mode_targets, margin) == mode)
-  p = pred[:, :, -1, RIGHT_WRIST]                              # [N, B, 3]
-  to_path = _segment_distance(p[:, :, None, :], s[:, None, :], mode_targets)  # [N, B, 2]
-  plausible = jnp.min(to_path, axis=-1) <= radius              # [N, B]
-  goes = _goes_to(p, mode_targets, margin)                     # [N, B]
-  on_path = jnp.take_along_axis(to_path, jnp.maximum(mode, 0)[None, :, None], axis=-1)[..., 0]
-  hit = (goes == mode) & (on_path <= radius)                   # [N, B] hits the TRUE mode
+  d_now, d_end = jnp.linalg.norm(s - c_true, axis=-1), jnp.linalg.norm(g - c_true, axis=-1)
+  committed = known & (_goes_to(g, mode_targets, margin) == mode) & (d_now - d_end >= margin)
+  progress = jnp.clip(1.0 - d_end / jnp.maximum(d_now, 1e-6), 0.0, 1.0)
+  mirror = g + progress[:, None] * (c_other - c_true)              # [B, 3]
+  p = pred_actions[:max(ks), :, -1, RIGHT_WRIST]                   # [N, B, 3]
+  to_gt = jnp.linalg.norm(p - g, axis=-1)                          # [N, B]
+  plausible = jnp.minimum(to_gt, jnp.linalg.norm(p - mirror, axis=-1)) <= radius
+  hit = (_goes_to(p, mode_targets, margin) == mode) & (to_gt <= radius)
   covered = jnp.stack([jnp.any(hit[:k], axis=0) for k in ks], axis=-1) & committed[:, None]
   return known, committed, covered, jnp.sum(plausible, axis=0).astype(jnp.int32) * known
 
@@ -363,6 +364,15 @@ _DEVICE_KEYS = ("image", "goal_image", "state", "actions", "padding", "instructi
                 "mode", "mode_targets")
 
 
+def _pad_rows(x, size: int, is_padding: bool):
+  """[b, ...] -> [size, ...] by repeating row 0; padded rows are marked padded (never scored)."""
+  x = np.asarray(x)
+  if x.shape[0] >= size:
+    return x
+  fill = np.ones_like(x[:1]) if is_padding else x[:1]
+  return np.concatenate([x, np.repeat(fill, size - x.shape[0], axis=0)])
+
+
 def evaluate(policy, params, batches: Iterable[dict], normalizer, *, ks=DEFAULT_KS, rng,
              tasks: Sequence[str] | None = None, mean_trajectory=None,
              max_batches: int | None = None, deterministic: bool | None = None,
@@ -391,18 +401,22 @@ def evaluate(policy, params, batches: Iterable[dict], normalizer, *, ks=DEFAULT_
   modes = ModeCoverageAccumulator(ks)
   examples = None
   num_batches = 0
+  full_size = 0  # a smaller last batch is padded to the first one's size: no recompilation
   for i, batch in enumerate(batches):
     if max_batches is not None and i >= max_batches:
       break
+    size = len(batch["actions"])
+    full_size = full_size or size
     task_id = np.asarray(batch["task_id"]) if "task_id" in batch else None
-    device_batch = {k: jnp.asarray(v) for k, v in batch.items() if k in _DEVICE_KEYS}
+    device_batch = {k: jnp.asarray(_pad_rows(v, full_size, k == "padding"))
+                    for k, v in batch.items() if k in _DEVICE_KEYS}
     out = step(params, device_batch, jax.random.fold_in(rng, i), mean_delta)
     out = jax.device_get(out)
     for name, acc in accs.items():
       if name in out:
-        acc.update(*out[name], task_id=task_id)
+        acc.update(*(x[:size] for x in out[name]), task_id=task_id)
     if "modes" in out:
-      modes.update(*out["modes"])
+      modes.update(*(x[:size] for x in out["modes"]))
     if examples is None and num_plot_examples > 0:
       n = min(num_plot_examples, len(batch["actions"]))
       examples = {"image": np.asarray(batch["image"][:n]), "actions": np.asarray(batch["actions"][:n]),

@@ -55,7 +55,8 @@ def built(tmp_path_factory):
                                                num_frames=16)[0])
   out = str(tmp_path_factory.mktemp("data"))
   proc = _cli("--raw_dir", raw, "--data_dir", out, "--image_size", str(IMAGE_SIZE),
-              "--max_horizon", str(MAX_HORIZON), "--num_workers", "2")
+              "--max_horizon", str(MAX_HORIZON), "--num_workers", "2",
+              "--writer_buffer_mb", "0.25")  # small: TFDS spills to its on-disk buckets
   assert proc.returncode == 0, proc.stderr[-3000:]
   build_dir = os.path.join(out, "egodex", f"s{IMAGE_SIZE}_h{MAX_HORIZON}", "1.0.0")
   with open(os.path.join(build_dir, edb.META_FILE)) as f:

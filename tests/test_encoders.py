@@ -30,13 +30,14 @@ def test_resnet18_has_resnet18_size():
 def test_resnet_tokens_and_image_sensitivity():
   enc = encoders.ResNetEncoder((1, 1), 8, 4, 4, out_dim=12)
   imgs = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
-  params = enc.init(jax.random.PRNGKey(0), imgs)
-  out = enc.apply(params, imgs)
+  params = jax.jit(enc.init)(jax.random.PRNGKey(0), imgs)
+  apply = jax.jit(enc.apply)
+  out = apply(params, imgs)
   assert out.shape == (2, 4, 12)
   # Each image only affects its own tokens (GroupNorm never mixes the batch).
   imgs2 = imgs.copy()
   imgs2[1] = 255 - imgs2[1]
-  out2 = enc.apply(params, imgs2)
+  out2 = apply(params, imgs2)
   np.testing.assert_allclose(out[0], out2[0], atol=1e-6)
   assert np.abs(out[1] - out2[1]).max() > 1e-4
 
@@ -62,24 +63,25 @@ def test_word_encoder_ignores_padding(num_layers):
   enc = encoders.WordEncoder(vocab_size=10, max_len=8, width=16, num_layers=num_layers,
                              num_heads=2, out_dim=8)
   ids = np.array([[3, 4, 5, 0], [6, 0, 0, 0]], np.int32)
-  params = enc.init(jax.random.PRNGKey(0), ids)
-  out = enc.apply(params, ids)
+  params = jax.jit(enc.init)(jax.random.PRNGKey(0), ids)
+  apply = jax.jit(enc.apply)
+  out = apply(params, ids)
   assert out.shape == (2, 1, 8)
   wider = np.concatenate([ids, np.zeros((2, 3), np.int32)], 1)  # more padding, same words
-  np.testing.assert_allclose(enc.apply(params, wider), out, atol=1e-5)
+  np.testing.assert_allclose(apply(params, wider), out, atol=1e-5)
   assert np.abs(out[0] - out[1]).max() > 1e-4
   # An all-padding row stays finite.
-  assert np.isfinite(enc.apply(params, np.zeros((1, 4), np.int32))).all()
+  assert np.isfinite(apply(params, np.zeros((1, 4), np.int32))).all()
 
 
 def test_state_and_time_encoders():
   st = encoders.StateEncoder(hidden=16, num_layers=2, out_dim=8)
   x = np.random.default_rng(0).normal(size=(3, 48)).astype(np.float32)
-  p = st.init(jax.random.PRNGKey(0), x)
-  assert st.apply(p, x).shape == (3, 1, 8)
+  p = jax.jit(st.init)(jax.random.PRNGKey(0), x)
+  assert jax.jit(st.apply)(p, x).shape == (3, 1, 8)
   te = encoders.TimeEncoder(out_dim=8)
   t = jnp.array([0.0, 0.5, 1.0])
-  p = te.init(jax.random.PRNGKey(0), t)
-  out = te.apply(p, t)
+  p = jax.jit(te.init)(jax.random.PRNGKey(0), t)
+  out = jax.jit(te.apply)(p, t)
   assert out.shape == (3, 1, 8)
   assert np.abs(out[0] - out[1]).max() > 1e-4 and np.abs(out[1] - out[2]).max() > 1e-4

@@ -8,6 +8,7 @@ from jax.sharding import PartitionSpec as P
 
 from egodex_jax import sharding, train
 from egodex_jax.data import normalize
+from egodex_jax.models import policies
 
 
 def test_fsdp_rule_splits_largest_divisible_axis_of_big_arrays():
@@ -51,8 +52,27 @@ def _losses(policy, batches, normalizer, fsdp, devices):
   return np.array(losses), specs, jax.device_get(state.ema_params)
 
 
-def test_same_losses_on_every_mesh(tiny_policy, tiny_batches):
-  policy, normalizer = tiny_policy
+def _tiny_batches(n, b=16, h=4, s=16, seed=0):
+  """Pipeline-layout batches (canonical metres) with a learnable action: a function of the state."""
+  r = np.random.default_rng(seed)
+  out = []
+  for _ in range(n):
+    state = r.normal(size=(b, 48)).astype(np.float32) * 0.1
+    actions = state[:, None, :] + 0.01 * np.arange(1, h + 1, dtype=np.float32)[None, :, None]
+    out.append(dict(image=r.integers(0, 255, (b, s, s, 3), dtype=np.uint8), state=state,
+                    actions=actions.astype(np.float32), padding=np.zeros((b, h), bool),
+                    instruction_id=r.integers(0, 2, b).astype(np.int32)))
+  return out
+
+
+def test_same_losses_on_every_mesh():
+  batches = _tiny_batches(4)
+  stats = {'state': normalize.compute_stats([b['state'] for b in batches]),
+           'actions': normalize.compute_stats([b['actions'].reshape(-1, 48) for b in batches])}
+  normalizer = normalize.Normalizer(stats, 'minmax')
+  policy = policies.make_policy(policies.model_config('tiny', backbone='encdec', head='fm'),
+                                horizon=4, instructions=['pick up the cup', 'put it down'])
+  tiny_batches = batches
   ref, ref_specs, ref_ema = _losses(policy, tiny_batches, normalizer, 1, jax.devices()[:1])
   assert np.all(np.isfinite(ref)) and ref[-1] < ref[0]
   assert all(not any(s) for s in ref_specs)

@@ -99,12 +99,12 @@ def test_deterministic(tmp_path):
 
 
 def _sim(task, seed, n=40):
-  return synthetic.simulate(task, synthetic._episode_rng(seed, 0), n)  # pylint: disable=protected-access
+  return synthetic.simulate(task, synthetic.episode_rng(seed, 0), n)
 
 
 @pytest.mark.parametrize("task", synthetic.MULTIMODAL_TASKS)
 def test_multimodal_tasks_split_about_evenly(task):
-  modes = [synthetic.TASKS[task](synthetic._episode_rng(s, 0), 20).mode  # pylint: disable=protected-access
+  modes = [synthetic.TASKS[task](synthetic.episode_rng(s, 0), 20).mode
            for s in range(200)]
   assert set(modes) == {0, 1}
   assert 65 <= sum(modes) <= 135  # Binomial(200, 0.5): fails with probability ~1e-6
@@ -122,7 +122,6 @@ def test_right_wrist_reaches_the_chosen_target(task, tmp_path):
     chosen, other = attrs["mode"], 1 - attrs["mode"]
     assert d[:, chosen].min() < 0.03
     assert d[:, other].min() > 0.08  # the modes are far apart: averaging them is wrong
-    # The chunk ends near the chosen target, in the camera frame too.
     assert np.linalg.norm(targets[0] - targets[1]) > 0.15
 
 
@@ -162,7 +161,7 @@ def test_hands_are_plausible(task):
                      for f in skeleton.FINGERTIP_ORDER], 1)
     d = np.linalg.norm(tips - w[:, None], axis=-1)
     assert (d > 0.06).all() and (d < 0.2).all()
-    # Bones keep their length (ignoring tracking-jitter frames, where the whole hand shifts).
+    # Bones keep their length (tracking jitter shifts the whole hand, so it keeps them too).
     for a, b in skeleton.hand_bones(side):
       length = np.linalg.norm(scene[a][:, :3, 3] - scene[b][:, :3, 3], axis=-1)
       assert length.max() - length.min() < 1e-9
@@ -191,8 +190,8 @@ def test_low_confidence_frames_occur():
   assert 0 < sum(lows) < 8
 
 
-def test_objects_vary_and_actions_depend_on_them():
-  """The grasp point (visible only in the image) differs per episode."""
+def test_object_positions_vary_per_episode():
+  """Where the hand goes to grasp is visible only in the image, and differs per episode."""
   grasp = []
   for seed in range(4):
     sim = _sim("put_block_on_mat", seed, 120)

@@ -47,19 +47,20 @@ def test_decoder_mask_is_enforced_and_cache_is_exact(kind):
   net = _decoder()
   x = jax.random.normal(jax.random.PRNGKey(0), (2, N_OBS + N_ACT, D))
   mask = transformer.decoder_mask(N_OBS, N_ACT, kind)
-  params = net.init(jax.random.PRNGKey(1), x, mask)
-  y = net.apply(params, x, mask)
+  params = jax.jit(net.init)(jax.random.PRNGKey(1), x, mask)
+  apply = jax.jit(net.apply, static_argnames="method")
+  y = apply(params, x, mask)
   # Changing the last action token leaves every observation output unchanged.
   x2 = x.at[:, -1].add(1.0)
-  y2 = net.apply(params, x2, mask)
+  y2 = apply(params, x2, mask)
   np.testing.assert_allclose(y[:, :N_OBS], y2[:, :N_OBS], atol=1e-6)
   if kind == "block":  # ...but every action token sees it
     assert np.abs(y[:, N_OBS:-1] - y2[:, N_OBS:-1]).max() > 1e-4
   else:  # causal: no earlier token sees it
     np.testing.assert_allclose(y[:, :-1], y2[:, :-1], atol=1e-6)
   # KV cache: prefix once, extend with the action tokens only == the full forward.
-  cache = net.apply(params, x[:, :N_OBS], mask[:N_OBS, :N_OBS], method=transformer.Decoder.prefix)
-  ya = net.apply(params, x[:, N_OBS:], cache, mask[N_OBS:], method=transformer.Decoder.extend)
+  cache = apply(params, x[:, :N_OBS], mask[:N_OBS, :N_OBS], method=transformer.Decoder.prefix)
+  ya = apply(params, x[:, N_OBS:], cache, mask[N_OBS:], method=transformer.Decoder.extend)
   np.testing.assert_allclose(ya, y[:, N_OBS:], atol=1e-5)
 
 
@@ -69,14 +70,15 @@ def test_encdec_encode_once_is_exact(kind):
   obs = jax.random.normal(jax.random.PRNGKey(0), (2, N_OBS, D))
   act = jax.random.normal(jax.random.PRNGKey(1), (2, N_ACT, D))
   masks = transformer.encdec_masks(N_OBS, N_ACT, kind)
-  params = net.init(jax.random.PRNGKey(2), obs, act, masks)
-  y = net.apply(params, obs, act, masks)
-  kvs = net.apply(params, obs, masks[0], method=transformer.EncoderDecoder.encode)
+  params = jax.jit(net.init)(jax.random.PRNGKey(2), obs, act, masks)
+  apply = jax.jit(net.apply, static_argnames="method")
+  y = apply(params, obs, act, masks)
+  kvs = apply(params, obs, masks[0], method=transformer.EncoderDecoder.encode)
   assert len(kvs) == 2
-  y2 = net.apply(params, act, kvs, masks[1], masks[2], method=transformer.EncoderDecoder.decode)
+  y2 = apply(params, act, kvs, masks[1], masks[2], method=transformer.EncoderDecoder.decode)
   np.testing.assert_allclose(y, y2, atol=1e-5)
   if kind == "xil_causal":  # action token 0 sees only obs token 0: changing obs 2 cannot move it
-    y3 = net.apply(params, obs.at[:, 2].add(1.0), act, masks)
+    y3 = apply(params, obs.at[:, 2].add(1.0), act, masks)
     np.testing.assert_allclose(y[:, 0], y3[:, 0], atol=1e-6)
     assert np.abs(y[:, 3] - y3[:, 3]).max() > 1e-4
 
@@ -84,7 +86,7 @@ def test_encdec_encode_once_is_exact(kind):
 def test_param_names_and_structure():
   net = _decoder()
   x = jnp.zeros((1, 5, D))
-  params = net.init(jax.random.PRNGKey(0), x, np.ones((5, 5), bool))["params"]
+  params = jax.eval_shape(net.init, jax.random.PRNGKey(0), x, np.ones((5, 5), bool))["params"]
   blk = params["block_1"]
   assert set(blk) == {"norm1", "attn", "norm2", "mlp"}
   assert set(blk["attn"]) == {"q", "k", "v", "o", "q_norm", "k_norm"}  # QK-norm
@@ -98,9 +100,11 @@ def test_dropout_only_in_training():
   net = _decoder(dropout=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, D))
   mask = np.ones((5, 5), bool)
-  params = net.init(jax.random.PRNGKey(1), x, mask)
-  a = net.apply(params, x, mask)
-  np.testing.assert_array_equal(a, net.apply(params, x, mask))
-  t1 = net.apply(params, x, mask, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
-  t2 = net.apply(params, x, mask, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
+  params = jax.jit(net.init)(jax.random.PRNGKey(1), x, mask)
+  apply = jax.jit(lambda p, r, train: net.apply(p, x, mask, train=train, rngs={"dropout": r}),
+                  static_argnums=2)
+  a = apply(params, jax.random.PRNGKey(2), False)
+  np.testing.assert_array_equal(a, apply(params, jax.random.PRNGKey(3), False))
+  t1 = apply(params, jax.random.PRNGKey(2), True)
+  t2 = apply(params, jax.random.PRNGKey(3), True)
   assert np.abs(t1 - t2).max() > 1e-3 and np.abs(t1 - a).max() > 1e-3

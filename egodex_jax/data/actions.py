@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -27,14 +28,14 @@ _ROWS_PER_BLOCK = 1024  # bounds the memory of action_windows on long episodes
 _IS_POINT = np.array(([True, False, False] + [True] * 5) * 2)  # [16]
 
 
-def _vectors(episode) -> np.ndarray:
-  """-> [N, 16, 3] float64 world-frame vectors in action order."""
+def _vectors(episode, frames=slice(None)) -> np.ndarray:
+  """-> [F, 16, 3] float64 world-frame vectors in action order (all N frames by default)."""
   tr = episode.transforms
   cols = []
   for side in skeleton.SIDES:
-    w = tr[skeleton.wrist(side)]
+    w = tr[skeleton.wrist(side)][frames]
     cols += [w[:, :3, 3], w[:, :3, 0], w[:, :3, 1]]
-    cols += [tr[skeleton.fingertip(side, f)][:, :3, 3] for f in skeleton.FINGERTIP_ORDER]
+    cols += [tr[skeleton.fingertip(side, f)][frames, :3, 3] for f in skeleton.FINGERTIP_ORDER]
   return np.stack(cols, axis=1).astype(np.float64)
 
 
@@ -62,7 +63,7 @@ def _check_t(episode, t) -> int:
 
 def _frames(episode, t: int, frames: np.ndarray) -> np.ndarray:
   """[F] frame indices (valid) -> [F, 48] float64 in camera frame t."""
-  return _encode(episode.camera[t:t + 1], _vectors(episode)[frames][None])[0]
+  return _encode(episode.camera[t:t + 1], _vectors(episode, frames)[None])[0]
 
 
 def action_chunk(episode, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
@@ -142,8 +143,11 @@ def main(argv=None) -> int:
     _fail(f"error: {args.episode}: {e}")
   except Exception as e:  # pylint: disable=broad-except
     _fail(f"error: {args.episode}: {type(e).__name__}: {e}")
-  json.dump({"actions": actions.tolist(), "padding": padding.tolist()}, sys.stdout)
-  sys.stdout.write("\n")
+  try:
+    sys.stdout.write(json.dumps({"actions": actions.tolist(), "padding": padding.tolist()}) + "\n")
+    sys.stdout.flush()
+  except BrokenPipeError:  # e.g. piped into `head`: not an error of ours
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
   return 0
 
 

@@ -217,7 +217,8 @@ def load_episode(hdf5_path: str, video_path: str | None = None, *,
       names = skeleton.JOINTS + (skeleton.CAMERA,)
       missing = [n for n in names if n not in f["transforms"]]
       if missing:
-        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        more = f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+        shown = ", ".join(missing[:6]) + more
         raise _error(hdf5_path, f"missing joint transforms: {shown}")
       transforms = {name: _read_pose_dataset(hdf5_path, f, name) for name in names}
       _check_poses(hdf5_path, transforms)

@@ -166,11 +166,6 @@ def _grasp_wrist(center, yaw, pitch, roll, reach=0.075, below=0.035):
   return np.asarray(center) - reach * R[..., :, 0] + below * R[..., :, 1]
 
 
-@dataclasses.dataclass
-class _HandPlan:
-  keys: list  # (frame, [x, y, z, yaw, pitch, roll, curl]) in the scene frame
-
-
 def _rest_vec(side: str, rng) -> np.ndarray:
   s = 1.0 if side == "left" else -1.0
   return np.array([-s * rng.uniform(0.17, 0.22), TABLE_Y + rng.uniform(0.04, 0.07),
@@ -194,7 +189,7 @@ def _hand_tracks(keys, n, rng):
 class _Object:
   kind: str  # 'prism' (extruded polygon) | 'flat' (a mat) | 'sphere'
   color: tuple  # RGB 0..255
-  size: tuple  # prism: (radius or half extents, height); see _object_faces
+  size: tuple  # (half x, half z, height) when sides == 4, else (radius, height); sphere (radius,)
   track: np.ndarray  # [N, 4, 4] object-to-scene, origin at the bottom centre
   sides: int = 4
   open_top: bool = False
@@ -426,7 +421,7 @@ def _task_block_on_mat(rng, n):
           _table_pos(0.20 + rng.uniform(-0.03, 0.03), -0.44 + rng.uniform(-0.04, 0.04))]
   block = _table_pos(rng.uniform(-0.10, 0.12), rng.uniform(-0.34, -0.24))
   mode = int(rng.integers(2))
-  h = 0.05
+  h = 0.07  # big enough to see in a 64-pixel image
   yaw, pitch, roll = rng.uniform(-0.15, 0.25), rng.uniform(0.55, 0.75), rng.uniform(-0.1, 0.1)
   rest = _rest_vec("right", rng)
   centre = lambda p: p + np.array([0, h / 2, 0])
@@ -434,9 +429,9 @@ def _task_block_on_mat(rng, n):
                                              centre(mats[mode] + [0, 0.003, 0]), yaw, pitch, roll)
   targets = [_grasp_wrist(centre(m + [0, 0.003, 0]), [yaw], [pitch], [roll])[0] for m in mats]
   objects = [
-      _Object("flat", (40, 70, 200), (0.08, 0.08, 0.003), _static(n, mats[0])),
-      _Object("flat", (40, 160, 60), (0.08, 0.08, 0.003), _static(n, mats[1])),
-      _Object("prism", (210, 30, 30), (0.025, 0.025, h), _static(n, block, rng.uniform(-0.5, 0.5))),
+      _Object("flat", (40, 70, 200), (0.09, 0.09, 0.003), _static(n, mats[0])),
+      _Object("flat", (40, 160, 60), (0.09, 0.09, 0.003), _static(n, mats[1])),
+      _Object("prism", (210, 30, 30), (0.035, 0.035, h), _static(n, block, rng.uniform(-0.5, 0.5))),
   ]
   attrs = dict(llm_type="reset_free", object="red block, blue mat, green mat",
                llm_verbs=["put", "place"], llm_objects=["red block", "mat"],
@@ -452,20 +447,20 @@ def _task_ball_in_bowl(rng, n):
   # the right hand's rest pose, so either outcome is a real movement.
   bowls = [_table_pos(-0.21 + rng.uniform(-0.03, 0.03), -0.38 + rng.uniform(-0.03, 0.03)),
            _table_pos(0.12 + rng.uniform(-0.03, 0.03), -0.58 + rng.uniform(-0.03, 0.03))]
-  ball = _table_pos(rng.uniform(-0.06, 0.10), rng.uniform(-0.46, -0.34))
+  ball = _table_pos(rng.uniform(-0.07, 0.07), rng.uniform(-0.42, -0.30))
   mode = int(rng.integers(2))
-  r = 0.028
+  r = 0.035
   yaw, pitch, roll = rng.uniform(0.0, 0.35), rng.uniform(0.6, 0.8), rng.uniform(-0.1, 0.1)
   rest = _rest_vec("right", rng)
-  drop = lambda b: b + np.array([0, 0.035, 0])
+  drop = lambda b: b + np.array([0, 0.04, 0])
   keys, grasp, release, _ = _pick_place_keys("right", rng, n, rest, ball + [0, r, 0],
                                              drop(bowls[mode]), yaw, pitch, roll, lift=0.12,
                                              grip=0.5)
   targets = [_grasp_wrist(drop(b), [yaw], [pitch], [roll])[0] for b in bowls]
   objects = [
-      _Object("prism", (235, 235, 230), (0.065, 0.045), _static(n, bowls[0]), sides=10,
+      _Object("prism", (235, 235, 230), (0.075, 0.05), _static(n, bowls[0]), sides=10,
               open_top=True),
-      _Object("prism", (60, 60, 70), (0.065, 0.045), _static(n, bowls[1]), sides=10,
+      _Object("prism", (60, 60, 70), (0.075, 0.05), _static(n, bowls[1]), sides=10,
               open_top=True),
       _Object("sphere", (240, 210, 30), (r,), _static(n, ball)),
   ]
@@ -480,13 +475,13 @@ def _task_ball_in_bowl(rng, n):
 
 def _task_lift_cup(rng, n):
   cup = _table_pos(rng.uniform(-0.26, -0.02), rng.uniform(-0.50, -0.30))
-  h = 0.09
+  h = 0.10
   yaw, pitch, roll = rng.uniform(-0.5, -0.2), rng.uniform(0.3, 0.5), rng.uniform(0.6, 0.9)
   rest = _rest_vec("left", rng)
-  c = cup + [0, 0.045, 0]
+  c = cup + [0, 0.05, 0]
   keys, grasp, release, _ = _pick_place_keys("left", rng, n, rest, c, c, yaw, pitch, roll,
                                              lift=0.15, grip=0.5, retreat_up=0.05)
-  objects = [_Object("prism", (30, 150, 170), (0.035, h), _static(n, cup), sides=10,
+  objects = [_Object("prism", (30, 150, 170), (0.042, h), _static(n, cup), sides=10,
                      open_top=True)]
   attrs = dict(llm_type="reset_free", object="cup", llm_verbs=["lift"], llm_objects=["cup"],
                phrasings=("Lift the cup with your left hand and put it back down.",
@@ -559,12 +554,26 @@ MULTIMODAL_TASKS = ("put_block_on_mat", "put_ball_in_bowl")
 # --- the body, arms and camera ------------------------------------------------------
 
 
-def _camera_track(rng, n) -> np.ndarray:
-  """[N, 4, 4] camera-to-scene, OpenCV axes, swaying a few cm and degrees."""
+def _lagged(x: np.ndarray, tau_frames: float) -> np.ndarray:
+  """[N, D] first-order low-pass (a gaze that follows with a lag)."""
+  out = np.empty_like(x)
+  out[0] = x[0]
+  k = 1.0 / max(tau_frames, 1.0)
+  for t in range(1, len(x)):
+    out[t] = out[t - 1] + k * (x[t] - out[t - 1])
+  return out
+
+
+def _camera_track(rng, n, hands_centre: np.ndarray | None = None) -> np.ndarray:
+  """[N, 4, 4] camera-to-scene, OpenCV axes, swaying a few cm and degrees; the gaze drifts
+  toward the hands (hands_centre [N, 3]) with a lag, as a person's head does."""
   head = HEAD + rng.uniform([-0.04, -0.03, -0.03], [0.04, 0.03, 0.03])
   pos = head + _smooth_noise(rng, n, 3, 0.025, (0.08, 0.35))
   look = LOOK_AT + rng.uniform([-0.05, 0, -0.05], [0.05, 0, 0.05]) + _smooth_noise(
       rng, n, 3, 0.05, (0.05, 0.3))
+  if hands_centre is not None:
+    follow = (hands_centre - LOOK_AT) * np.array([0.3, 0.0, 0.3])
+    look = look + _lagged(follow, 0.3 * skeleton.FPS)
   f = look - pos
   f /= np.linalg.norm(f, axis=-1, keepdims=True)
   right = np.cross(f, [0.0, 1.0, 0.0])
@@ -615,7 +624,8 @@ def _body(cam_scene: np.ndarray, wrists: dict[str, np.ndarray]) -> dict[str, np.
 # --- one episode --------------------------------------------------------------------
 
 
-def _episode_rng(seed: int, episode: int) -> np.random.Generator:
+def episode_rng(seed: int, episode: int) -> np.random.Generator:
+  """The generator of one episode: independent of the others and of how many are written."""
   return np.random.default_rng(np.random.SeedSequence([int(seed), int(episode)]))
 
 
@@ -644,7 +654,11 @@ def simulate(task: str, rng: np.random.Generator, num_frames: int) -> dict:
     local = _hand_local(side, curls[side])
     for name, T in local.items():
       scene[name] = wrists[side] @ T
-  cam = _camera_track(rng, n)
+  # The gaze follows the hand that moves most (both for bimanual tasks).
+  travel = {s: np.ptp(wrists[s][:, :3, 3], axis=0).sum() for s in skeleton.SIDES}
+  w = np.array([travel["left"], travel["right"]]) + 1e-6
+  centre = (w[0] * wrists["left"][:, :3, 3] + w[1] * wrists["right"][:, :3, 3]) / w.sum()
+  cam = _camera_track(rng, n, centre)
   scene.update(_body(cam, wrists))
   scene[skeleton.CAMERA] = cam
 
@@ -709,7 +723,7 @@ def write_episode(hdf5_path: str, mp4_path: str | None, task: str, seed: int, ep
                   *, width: int = 320, height: int = 240, num_frames: int | None = None,
                   min_frames: int = 90, max_frames: int = 240) -> dict:
   """Writes one episode (the video only when mp4_path is given) -> its root attributes."""
-  rng = _episode_rng(seed, episode)
+  rng = episode_rng(seed, episode)
   n = int(num_frames) if num_frames else int(rng.integers(min_frames, max_frames + 1))
   sim = simulate(task, rng, n)
   world = _world_transform(rng)
@@ -768,10 +782,23 @@ def generate(out_dir: str, num_episodes: int, seed: int = 0, *, width: int = 320
     workers = min(len(jobs), os.cpu_count() or 1)
   if workers <= 1 or len(jobs) <= 1:
     return [_write_job(j) for j in jobs]
-  # spawn: the caller may have started JAX threads, which fork does not survive.
-  ctx = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-    return list(pool.map(_write_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+  try:
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
+      return list(pool.map(_write_job, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+  except concurrent.futures.BrokenExecutor:
+    # A worker could not start (e.g. spawn cannot re-import an unguarded __main__): writes are
+    # idempotent, so do them here instead.
+    return [_write_job(j) for j in jobs]
+
+
+def _pool_context():
+  """fork when it is safe (fast, no re-import of __main__); spawn once JAX runs its threads,
+  which a fork does not survive, unless __main__ cannot be re-imported by a spawned worker."""
+  main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+  spawnable = main_file is None or os.path.isfile(main_file)
+  if "jax" in sys.modules and spawnable:
+    return multiprocessing.get_context("spawn")
+  return multiprocessing.get_context("fork")
 
 
 # --- deliberately broken episodes (for tests of readers and builders) ---------------

@@ -24,13 +24,25 @@ def main(argv=None) -> int:
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--max_horizon", type=int, default=90)
   p.add_argument("--num_workers", type=int, default=None, help="processes (default: cores)")
+  p.add_argument("--writer_buffer_mb", type=float, default=16.0,
+                 help="MB of records TFDS holds in memory before spilling to disk")
   p.add_argument("--beam", action="store_true",
                  help="generate with Apache Beam (DirectRunner here; needs apache-beam)")
   args = p.parse_args(argv)
   if args.image_size < 8 or args.max_horizon < 1:
     p.error("--image_size must be >= 8 and --max_horizon >= 1")
 
-  # Imported late so that --help and argument errors stay fast.
+  # Cheap checks first: TFDS takes seconds to import.
+  from egodex_jax.data import egodex  # pylint: disable=g-import-not-at-top
+  if not os.path.isdir(args.raw_dir):
+    sys.stderr.write(f"egodex build failed: {args.raw_dir}: the raw EgoDex directory does not "
+                     "exist\n")
+    return 1
+  if not egodex.find_episodes(args.raw_dir):
+    sys.stderr.write(f"egodex build failed: {args.raw_dir}: holds no EgoDex episodes (no .hdf5 "
+                     "files found)\n")
+    return 1
+
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tfds_builder.egodex import egodex_dataset_builder as edb  # pylint: disable=g-import-not-at-top
 
@@ -38,7 +50,8 @@ def main(argv=None) -> int:
     edb.discover_splits(args.raw_dir)  # fail fast, before TFDS creates anything
     builder = edb.Builder(data_dir=args.data_dir,
                           config=edb.builder_config(args.image_size, args.max_horizon),
-                          num_workers=args.num_workers)
+                          num_workers=args.num_workers,
+                          writer_buffer_bytes=int(args.writer_buffer_mb * 2**20))
     if builder.is_prepared():
       print(f"egodex: already built in {builder.data_dir}; delete it to rebuild")
       return 0

@@ -1,0 +1,220 @@
+"""Policies: the six (backbone, head) pairs learn, sample, and the heads do what they claim."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from egodex_jax.models import encoders
+from egodex_jax.models import minilm
+from egodex_jax.models import policies
+
+H, B, S = 4, 4, 16
+INSTRUCTIONS = ["pick up the cup", "put the lid on the pot", "open the drawer"]
+
+
+def _batch(goal=False, seed=0):
+  rng = np.random.default_rng(seed)
+  batch = policies.dummy_batch(batch_size=B, horizon=H, image_size=S, goal=goal)
+  batch["image"] = rng.integers(0, 256, batch["image"].shape).astype(np.uint8)
+  if goal:
+    batch["goal_image"] = rng.integers(0, 256, batch["image"].shape).astype(np.uint8)
+  batch["state"] = rng.normal(size=batch["state"].shape).astype(np.float32)
+  batch["actions"] = rng.normal(size=batch["actions"].shape).astype(np.float32)
+  batch["padding"][-1, -2:] = True  # the last item ran past its episode end
+  batch["instruction_id"] = np.array([0, 1, 2, 0], np.int32)
+  return batch
+
+
+def _policy(backbone, head, mask="block", goal=False, **kw):
+  cfg = ml_collections.ConfigDict(dict(size="tiny", backbone=backbone, head=head, mask=mask, **kw))
+  return policies.make_policy(cfg, horizon=H, instructions=INSTRUCTIONS, goal=goal)
+
+
+def _train(loss_fn, params, steps, lr=3e-3, seed=0):
+  """`steps` Adam steps in one jitted scan (one compilation)."""
+  opt = optax.adam(lr)
+
+  @jax.jit
+  def run(params, rng):
+    def step(carry, r):
+      p, s = carry
+      grads = jax.grad(lambda q: loss_fn(q, r)[0])(p)
+      upd, s = opt.update(grads, s, p)
+      return (optax.apply_updates(p, upd), s), None
+    (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(rng, steps))
+    return params
+
+  return run(params, jax.random.PRNGKey(seed))
+
+
+@pytest.mark.parametrize("backbone", policies.BACKBONES)
+@pytest.mark.parametrize("head", policies.HEADS)
+def test_pair_learns_samples_and_caches(backbone, head):
+  policy = _policy(backbone, head)
+  batch = _batch()
+  params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
+  loss = jax.jit(policy.loss, static_argnames="train")
+  eval_rng = jax.random.PRNGKey(42)
+  before, metrics = loss(params, batch, eval_rng, train=False)
+  assert before.shape == () and "loss" in metrics and np.isfinite(before)
+  trained = _train(lambda p, r: policy.loss(p, batch, r), params, steps=40)
+  after, _ = loss(trained, batch, eval_rng, train=False)
+  assert after < 0.7 * before, (before, after)
+  sample = jax.jit(policy.sample, static_argnums=3)
+  naive = jax.jit(policy.sample_naive, static_argnums=3)
+  out = sample(trained, batch, jax.random.PRNGKey(1), 3)
+  assert out.shape == (3, B, H, 48) and out.dtype == jnp.float32 and np.isfinite(out).all()
+  ref = naive(trained, batch, jax.random.PRNGKey(1), 3)
+  # DDPM's first step divides by sqrt(alpha_bar) ~ 3e-3: float noise grows, so compare relatively.
+  tol = 1e-3 if head == "ddpm" else 1e-4
+  np.testing.assert_allclose(out, ref, atol=tol * max(1.0, float(np.abs(ref).max())))
+
+
+@pytest.mark.parametrize("backbone", policies.BACKBONES)
+def test_cached_equals_naive_under_xil_causal(backbone):
+  policy = _policy(backbone, "fm", mask="xil_causal", goal=True)
+  batch = _batch(goal=True)
+  params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
+  # One action-part evaluation against the cache == the full forward.
+  x_t = jax.random.normal(jax.random.PRNGKey(1), (B, H, 48))
+  t = jnp.linspace(0.1, 0.9, B)
+  obs = jax.jit(policy.encode)(params, batch)
+  fast = jax.jit(policy.predict)(params, obs, x_t, t)
+  full = jax.jit(lambda p: policy.net.apply({"params": p}, policy.inputs(batch), x_t, t,
+                                            method=policies.PolicyNet.full))(params)
+  np.testing.assert_allclose(fast, full, atol=1e-5)
+  a = jax.jit(policy.sample, static_argnums=3)(params, batch, jax.random.PRNGKey(2), 2)
+  b = jax.jit(policy.sample_naive, static_argnums=3)(params, batch, jax.random.PRNGKey(2), 2)
+  np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_masked_mse_ignores_padded_frames():
+  pred = np.zeros((2, 3, 4), np.float32)
+  target = np.ones((2, 3, 4), np.float32)
+  padding = np.array([[False, False, True], [False, True, True]])
+  target[padding] = 1e6  # garbage where padded
+  np.testing.assert_allclose(policies.masked_mse(pred, target, padding), 1.0)
+  np.testing.assert_allclose(policies.masked_mse(pred, np.ones_like(target), None), 1.0)
+  assert float(policies.masked_mse(pred, target, np.ones((2, 3), bool))) == 0.0  # all padded
+
+
+def test_policy_loss_masks_padding_and_sampling_is_deterministic():
+  for head in ("bc", "fm"):
+    policy = _policy("dec", head)
+    batch = _batch()
+    params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
+    loss = jax.jit(lambda p, b: policy.loss(p, b, jax.random.PRNGKey(3), train=False)[0])
+    if head == "bc":  # BC's input never sees the actions: padded targets are exactly irrelevant
+      moved = dict(batch, actions=batch["actions"].copy())
+      moved["actions"][-1, -2:] += 100.0  # only padded frames change
+      np.testing.assert_allclose(loss(params, batch), loss(params, moved), rtol=1e-6)
+      moved["actions"][0, 0] += 1.0  # a valid frame changes
+      assert abs(float(loss(params, batch)) - float(loss(params, moved))) > 1e-4
+    sample = jax.jit(policy.sample, static_argnums=3)
+    s1 = sample(params, batch, jax.random.PRNGKey(5), 4)
+    np.testing.assert_array_equal(s1, sample(params, batch, jax.random.PRNGKey(5), 4))
+    s2 = sample(params, batch, jax.random.PRNGKey(6), 4)
+    if head == "bc":  # deterministic: every sample equal, whatever the rng
+      np.testing.assert_array_equal(s1, s2)
+      np.testing.assert_array_equal(s1[0], s1[3])
+    else:
+      assert np.abs(s1 - s2).min() > 0 and np.abs(s1[0] - s1[1]).max() > 1e-2
+
+
+def test_goal_image_is_used_and_required():
+  policy = _policy("encdec", "bc", goal=True)
+  batch = _batch(goal=True)
+  params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
+  sample = jax.jit(policy.sample, static_argnums=3)
+  a = sample(params, batch, jax.random.PRNGKey(0), 1)
+  b = sample(params, dict(batch, goal_image=255 - batch["goal_image"]), jax.random.PRNGKey(0), 1)
+  assert np.abs(a - b).max() > 1e-5
+  no_goal = {k: v for k, v in batch.items() if k != "goal_image"}
+  with pytest.raises(KeyError, match="goal_image"):
+    policy.loss(params, no_goal, jax.random.PRNGKey(0))
+
+
+def test_minilm_language_table_is_frozen_constant():
+  policy = _policy("dec", "bc", language=dict(encoder="minilm"))
+  np.testing.assert_allclose(policy.lang_table, minilm.embed(INSTRUCTIONS), atol=1e-6)
+  batch = _batch()
+  params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
+  assert params["language_encoder"]["proj"]["kernel"].shape == (384, 32)  # the only text params
+  loss, _ = jax.jit(policy.loss)(params, batch, jax.random.PRNGKey(1))
+  assert np.isfinite(loss)
+
+
+@pytest.mark.parametrize("backbone,head", [("dec", "bc"), ("encdec", "fm")])
+def test_paper_preset_is_about_200m(backbone, head):
+  n = policies.param_count(policies.model_config("paper", backbone=backbone, head=head),
+                           horizon=60, image_size=224)
+  assert 180e6 <= n <= 220e6, n
+
+
+def test_config_resolution():
+  full = policies.model_config("demo", head="ddpm", ddpm=dict(sample_steps=8))
+  assert full.emb_dim == 128 and full.ddpm.sample_steps == 8 and full.ddpm.train_steps == 16
+  assert full.image.stage_sizes == (1, 1, 1, 1) and full.language.encoder == "learned"
+  with pytest.raises(ValueError, match="unknown model config field 'emb'"):
+    policies.resolve_config(dict(size="tiny", emb=3))
+  with pytest.raises(ValueError, match="unknown model config field 'image.depth'"):
+    policies.resolve_config(dict(size="tiny", image=dict(depth=3)))
+  with pytest.raises(ValueError, match="model.head"):
+    policies.resolve_config(dict(size="tiny", head="gan"))
+  with pytest.raises(ValueError, match="unknown model size"):
+    policies.resolve_config(dict(size="huge"))
+
+
+# ----------------------------------------------------------------------------------------------
+# The heads on a toy: one observation, two equally likely 1-D targets (-1 and +1).
+
+class _ToyDenoiser(nn.Module):
+  @nn.compact
+  def __call__(self, x_t, t):  # [N, 1, 1], [N] -> [N, 1, 1]
+    h = jnp.concatenate([x_t[:, :, 0], encoders.sinusoidal(t, 16)], -1)
+    for _ in range(2):
+      h = nn.gelu(nn.Dense(64)(h))
+    return nn.Dense(1)(h)[:, :, None]
+
+
+def _toy_predict(params, n):
+  net = _ToyDenoiser()
+
+  def predict(x_t, t):
+    if x_t is None:  # BC: the observation is all there is (the same for every item)
+      x_t, t = jnp.zeros((n, 1, 1)), jnp.zeros((n,))
+    return net.apply(params, x_t, t)
+  return predict
+
+
+@pytest.mark.parametrize("head", [policies.BCHead(), policies.DDPMHead(),
+                                  policies.FlowMatchingHead(), policies.DDPMHead(16, 8)],
+                         ids=["bc", "ddpm", "fm", "ddpm_strided"])
+def test_heads_cover_both_modes(head):
+  n = 256
+  params = _ToyDenoiser().init(jax.random.PRNGKey(0), jnp.zeros((n, 1, 1)), jnp.zeros((n,)))
+
+  def loss_fn(p, r):
+    r_data, r_head = jax.random.split(r)
+    targets = jnp.where(jax.random.bernoulli(r_data, 0.5, (n, 1, 1)), 1.0, -1.0)
+    return head.loss(_toy_predict(p, n), targets, jnp.zeros((n, 1), bool), r_head)
+
+  params = _train(loss_fn, params, steps=400, lr=3e-3)
+  m = 2000
+  x = np.asarray(jax.jit(lambda p: head.sample(_toy_predict(p, m), (m, 1, 1),
+                                               jax.random.PRNGKey(7)))(params)).ravel()
+  if isinstance(head, policies.BCHead):
+    assert np.abs(x).max() < 0.2  # the mean of the two modes
+  else:
+    near = np.abs(np.abs(x) - 1.0) < 0.25
+    assert near.mean() > 0.8, near.mean()  # samples sit on the modes, not between them
+    assert 0.35 < (x > 0).mean() < 0.65, (x > 0).mean()  # and both modes are covered
+
+
+def test_ddpm_schedule():
+  ab = policies.cosine_alphas_cumprod(16)
+  assert ab.shape == (16,) and np.all(np.diff(ab) < 0) and 0.95 < ab[0] < 1 and ab[-1] < 1e-3
