@@ -213,7 +213,9 @@ def make_train_step(policy, optimizer, schedule, normalizer, *, ema_decay: float
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    # Warmed-up decay: early on the average would otherwise be dominated by the random init.
+    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
     metrics = dict(aux)
     metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,

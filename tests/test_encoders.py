@@ -11,6 +11,17 @@ from egodex_jax.models import encoders
 from egodex_jax.models import tokenizer
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fast_cpu_prng():
+  # jax 0.10's default partitionable threefry takes ~20 s to compile per random shape on XLA:CPU
+  # here (~1 s without); the tests only need some randomness, so use the classic one.
+  old = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", False)
+  yield
+  jax.config.update("jax_threefry_partitionable", old)
+
+
+
 def _count(tree):
   return sum(math.prod(x.shape) for x in jax.tree.leaves(tree))
 

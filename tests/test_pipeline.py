@@ -51,6 +51,24 @@ def test_metadata(data):
   assert all(meta.instructions[i] for i in range(len(meta.instructions)))
 
 
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_fast_record_reader_equals_tfds_deserialisation(data, split):
+  tfds_src = pipeline.data_source(data["meta"], split)
+  ours = pipeline.RecordSource(data["meta"], split)
+  assert len(ours) == len(tfds_src)
+  got = ours.get_many(list(range(len(ours))))
+  for i in range(len(ours)):
+    a, b = tfds_src[i], got[i]
+    assert set(a) == set(b)
+    for k in a:
+      if isinstance(a[k], np.ndarray):
+        assert a[k].shape == b[k].shape and np.array_equal(a[k], b[k]), k
+      else:
+        assert a[k] == b[k], k  # bytes and ints (mode -1 included)
+  modes = {e["mode"] for e in data["meta"].episodes[split]}
+  assert {r["mode"] for r in got} == modes  # incl. -1 (a negative varint) for unimodal tasks
+
+
 def test_missing_dataset_error_says_where_and_how(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
     pipeline.load_metadata(str(tmp_path))

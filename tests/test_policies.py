@@ -12,6 +12,17 @@ from egodex_jax.models import encoders
 from egodex_jax.models import minilm
 from egodex_jax.models import policies
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _fast_cpu_prng():
+  # jax 0.10's default partitionable threefry takes ~20 s to compile per random shape on XLA:CPU
+  # here (~1 s without); the tests only need some randomness, so use the classic one.
+  old = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", False)
+  yield
+  jax.config.update("jax_threefry_partitionable", old)
+
+
 H, B, S = 4, 4, 16
 INSTRUCTIONS = ["pick up the cup", "put the lid on the pot", "open the drawer"]
 

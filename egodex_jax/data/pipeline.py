@@ -117,27 +117,169 @@ def sample_indices(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
   return idx[shard_index::shard_count]
 
 
-def decode_jpeg(data: bytes, size: int | None = None) -> np.ndarray:
-  """JPEG bytes -> [S, S, 3] uint8 RGB (resized when `size` differs)."""
+def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = None
+                ) -> np.ndarray:
+  """JPEG bytes -> [S, S, 3] uint8 RGB (resized when `size` differs), written into `out` if
+  given (saves a copy when filling a batch)."""
   import cv2  # pylint: disable=g-import-not-at-top
   img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
   if img is None:
     raise ValueError("a stored frame is not a decodable JPEG")
   if size is not None and img.shape[0] != size:
     img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
-  return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+  if out is None:
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+  cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out)
+  return out
+
+
+# --- records -------------------------------------------------------------------------------
+# TFDS stores each record as a serialised tf.train.Example. Its NumPy deserialiser turns the
+# 4,368-float window into a Python list first, which costs as much as decoding the JPEG; this
+# reader walks the protobuf wire format and views the packed floats in place instead.
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+  result = shift = 0
+  while True:
+    b = buf[pos]
+    pos += 1
+    result |= (b & 0x7F) << shift
+    if b < 0x80:
+      return result, pos
+    shift += 7
+
+
+def _feature(buf: bytes, pos: int, end: int):
+  """tf.train.Feature at buf[pos:end] -> bytes (bytes_list) or a float32 / int64 array."""
+  if pos == end:
+    return np.zeros((0,), np.float32)
+  tag, pos = _varint(buf, pos)
+  kind = tag >> 3  # 1 bytes_list, 2 float_list, 3 int64_list
+  n, pos = _varint(buf, pos)
+  stop, values = pos + n, []
+  while pos < stop:
+    tag, pos = _varint(buf, pos)
+    wire = tag & 7
+    if wire == 2:  # bytes, or a packed run of floats / varints
+      n, pos = _varint(buf, pos)
+      if kind == 1:
+        values.append(buf[pos:pos + n])
+      elif kind == 2:
+        values.append(np.frombuffer(buf, "<f4", n // 4, pos))
+      else:
+        p, run_end = pos, pos + n
+        while p < run_end:
+          v, p = _varint(buf, p)
+          values.append(v - (1 << 64) if v >= 1 << 63 else v)
+      pos += n
+    elif wire == 5:  # unpacked float
+      values.append(np.frombuffer(buf, "<f4", 1, pos))
+      pos += 4
+    else:  # unpacked varint
+      v, pos = _varint(buf, pos)
+      values.append(v - (1 << 64) if v >= 1 << 63 else v)
+  if kind == 1:
+    return values[0] if len(values) == 1 else values
+  if kind == 2:
+    return np.concatenate(values) if len(values) != 1 else values[0]
+  return np.asarray(values, np.int64)
+
+
+def parse_example(buf: bytes) -> dict[str, Any]:
+  """Serialised tf.train.Example -> {name: bytes | float32 [n] | int64 [n]} (flat values)."""
+  out = {}
+  tag, pos = _varint(buf, 0)  # Example.features
+  n, pos = _varint(buf, pos)
+  end = pos + n
+  while pos < end:  # Features.feature: map entries (key = 1, value = 2)
+    tag, pos = _varint(buf, pos)
+    n, pos = _varint(buf, pos)
+    entry_end, key, value = pos + n, None, (pos, pos)
+    while pos < entry_end:
+      tag, pos = _varint(buf, pos)
+      n, pos = _varint(buf, pos)
+      if tag >> 3 == 1:
+        key = buf[pos:pos + n].decode()
+      else:
+        value = (pos, pos + n)
+      pos += n
+    out[key] = _feature(buf, *value)
+  return out
+
+
+class RecordSource:
+  """Random access to a split's records as dicts shaped like the dataset's features."""
+
+  def __init__(self, meta: DatasetMeta, split: str):
+    from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+    paths = sorted(glob.glob(os.path.join(meta.data_dir, f"{DATASET_NAME}-{split}.array_record-*")))
+    if not paths:
+      raise FileNotFoundError(f"{meta.data_dir}: no ArrayRecord shards for split '{split}'")
+    self._source = array_record_data_source.ArrayRecordDataSource(paths)
+    self._window_shape = (meta.max_horizon + 1, -1)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self._shape(parse_example(self._source[index]))
+
+  def get_many(self, indices: list[int]) -> list[dict[str, Any]]:
+    """One batched read (ArrayRecord reads them in parallel)."""
+    return [self._shape(parse_example(b)) for b in self._source.__getitems__(indices)]
+
+  def _shape(self, rec: dict[str, Any]) -> dict[str, Any]:
+    for k, v in rec.items():
+      if isinstance(v, np.ndarray) and v.dtype == np.int64 and v.shape == (1,):
+        rec[k] = int(v[0])
+    rec["window"] = rec["window"].reshape(self._window_shape)
+    rec["mode_targets"] = rec["mode_targets"].reshape(-1, 3)
+    return rec
 
 
 class SampleLoader:
   """Record index -> one training sample (the batch table of docs/interfaces.md, unbatched)."""
 
   def __init__(self, source, num_frames_by_episode: np.ndarray, horizon: int, goal: bool,
-               image_size: int | None):
+               image_size: int):
     self.source = source
     self.num_frames = num_frames_by_episode  # [E] int
     self.horizon = horizon
     self.goal = goal
     self.image_size = image_size
+
+  def load_batch(self, indices) -> dict[str, np.ndarray]:
+    """[B] record indices -> a batch; images are decoded straight into the batch arrays."""
+    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+    recs = self.source.get_many(idx)
+    n, h = len(idx), self.horizon
+    s = self.image_size
+    out = {"image": np.empty((n, s, s, 3), np.uint8),
+           "state": np.empty((n, 48), np.float32),
+           "actions": np.empty((n, h, 48), np.float32),
+           "padding": np.empty((n, h), bool)}
+    ints = {k: np.empty((n,), np.int32) for k in
+            ("instruction_id", "task_id", "mode", "episode_id", "frame")}
+    out.update(ints)
+    out["mode_targets"] = np.empty((n, 2, 3), np.float32)
+    goal_idx = []
+    for b, (i, rec) in enumerate(zip(idx, recs)):
+      decode_jpeg(rec["image"], self.image_size, out["image"][b])
+      window = rec["window"]
+      out["state"][b] = window[0]
+      out["actions"][b] = window[1:h + 1]
+      out["padding"][b] = np.arange(h) >= rec["num_future"]
+      for k in ints:
+        ints[k][b] = rec[k]
+      out["mode_targets"][b] = rec["mode_targets"]
+      t, episode = rec["frame"], rec["episode_id"]
+      goal_idx.append(i - t + min(t + h, int(self.num_frames[episode]) - 1))
+    if self.goal:
+      out["goal_image"] = np.empty((n, s, s, 3), np.uint8)
+      for b, rec in enumerate(self.source.get_many(goal_idx)):
+        decode_jpeg(rec["image"], self.image_size, out["goal_image"][b])
+    return out
 
   def __call__(self, index) -> dict[str, np.ndarray]:
     index = int(index)
@@ -199,17 +341,19 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, horizon: int, go
   num_frames = np.zeros(max(e["episode_id"] for e in meta.episodes[split]) + 1, np.int64)
   for e in meta.episodes[split]:
     num_frames[e["episode_id"]] = e["num_frames"]
-  loader = SampleLoader(data_source(meta, split), num_frames, horizon, goal, image_size)
+  loader = SampleLoader(RecordSource(meta, split), num_frames, horizon, goal,
+                        image_size or meta.image_size)
 
   ds = grain.MapDataset.source(idx)
   if shuffle:
     ds = ds.seed(seed).shuffle()  # a new permutation every epoch
   if num_epochs != 1:
     ds = ds.repeat(num_epochs)
-  # Batch after to_iter_dataset: the read threads then share out samples, not whole batches.
-  it = ds.map(loader).to_iter_dataset(grain.ReadOptions(
-      num_threads=read_threads, prefetch_buffer_size=2 * batch_size))
-  it = it.batch(batch_size, drop_remainder=drop_remainder)
+  # Batches of indices are loaded as one map call (Grain's per-element cost is paid per batch);
+  # read threads (and worker processes) work on different batches.
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder).map(loader.load_batch)
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=max(2, read_threads)))
   if worker_count > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it

@@ -59,7 +59,29 @@ MIN_TEST_EPISODES = 2
 # buffer bounds the writer's memory. `Builder(writer_buffer_bytes=...)` changes it.
 WRITER_BUFFER_BYTES = 16 << 20
 tfds_shuffle.MAX_MEM_BUFFER_SIZE = WRITER_BUFFER_BYTES
-_BYTES_PER_RECORD = 30_000  # rough, to spread keys over as many buckets as the data needs
+
+
+class _LocalGfile:
+  """The part of tf.io.gfile that TFDS's shuffler uses for its spill buckets, on local files.
+
+  TFDS 4.9.10 calls tf.io.gfile there even in its TF-free mode, so without this a build larger
+  than the buffer would fail without TensorFlow (and import it, +500 MB, where it is installed).
+  """
+  GFile = staticmethod(open)
+  exists = staticmethod(os.path.exists)
+  remove = staticmethod(os.remove)
+
+
+class _ShufflerTf:
+  class io:  # pylint: disable=invalid-name
+    gfile = _LocalGfile
+
+  class errors:  # pylint: disable=invalid-name
+    ResourceExhaustedError = type("ResourceExhaustedError", (OSError,), {})
+
+
+tfds_shuffle.tf = _ShufflerTf  # bucket files live in the (local) output dir's tmp folder
+_BYTES_PER_RECORD = 40_000  # rough (224 px JPEG + [91, 48] window), to size the buckets
 
 
 @dataclasses.dataclass
@@ -338,8 +360,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     infos = [i for plan in self._plans.values() for _, i in plan]
     self._tasks = sorted({i["task"] for i in infos})
     self._instructions = sorted({i["instruction"] for i in infos})
-    buckets = min(tfds_shuffle.BUCKETS_NUMBER,
-                  max(1, total_frames * _BYTES_PER_RECORD // tfds_shuffle.MAX_MEM_BUFFER_SIZE))
+    # Spread keys so that a spilled bucket (read whole when the shards are written) holds about
+    # a quarter of the memory buffer.
+    buckets = min(tfds_shuffle.BUCKETS_NUMBER, max(
+        1, 4 * total_frames * _BYTES_PER_RECORD // max(1, tfds_shuffle.MAX_MEM_BUFFER_SIZE)))
     self._key_stride = (2**tfds_shuffle.HKEY_SIZE * buckets // tfds_shuffle.BUCKETS_NUMBER
                         ) // (total_frames + 1)
     self._episodes: dict[str, list[dict[str, Any]]] = {}
