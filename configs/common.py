@@ -73,6 +73,7 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
   c.train.keep = 3
   c.train.eval_every = 5000      # 0: only at the end
   c.train.async_checkpoint = True
+  c.train.log_all_processes = False  # also write metrics.process<i>.jsonl on processes > 0
   c.train.inject_nan_at_step = -1  # debug: the loss (and gradients) of this step become NaN
 
   c.eval = ml_collections.ConfigDict()
@@ -84,12 +85,15 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
 
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1, min_shard_size=2**14))
 
-  if a.get('demo'):
+  if a.get('demo'):  # sized for ~5 minutes on a 2-core CPU, data generation included
     c.data.synthetic = True
     c.data.data_dir = os.path.join(REPO, 'data', 'demo', 'egodex')
     c.data.raw_dir = os.path.join(REPO, 'data', 'demo', 'raw')
+    c.data.num_episodes = 40
+    c.data.min_frames, c.data.max_frames = 60, 120
     c.data.image_size = 64
-    c.data.horizon = 30
+    c.data.max_horizon = 30
+    c.data.horizon = 30          # 1 s: the demo's horizon (the paper's default is 60)
     c.data.batch_size = 32
     c.model.size = 'demo'
     c.optim.lr = 1e-3
@@ -98,13 +102,13 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
     c.optim.end_factor = 0.1
     c.optim.weight_decay = 0.0
     c.optim.ema_decay = 0.99
-    c.train.num_steps = 600
+    c.train.num_steps = 500
     c.train.log_every = 50
-    c.train.save_every = 200
+    c.train.save_every = 250
     c.train.eval_every = 0
     c.eval.batch_size = 64
-    c.eval.num_batches = 4
-    c.eval.final_num_batches = 8
+    c.eval.num_batches = 2
+    c.eval.final_num_batches = 2
   if 'h' in a:
     c.data.horizon = int(a['h'])
   if a.get('goal'):

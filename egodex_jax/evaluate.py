@@ -411,6 +411,7 @@ def evaluate(policy, params, batches: Iterable[dict], normalizer, *, ks=DEFAULT_
     device_batch = {k: jnp.asarray(_pad_rows(v, full_size, k == "padding"))
                     for k, v in batch.items() if k in _DEVICE_KEYS}
     out = step(params, device_batch, jax.random.fold_in(rng, i), mean_delta)
+    samples = out.pop("samples")  # fetched only for the plotted examples
     out = jax.device_get(out)
     for name, acc in accs.items():
       if name in out:
@@ -419,8 +420,10 @@ def evaluate(policy, params, batches: Iterable[dict], normalizer, *, ks=DEFAULT_
       modes.update(*(x[:size] for x in out["modes"]))
     if examples is None and num_plot_examples > 0:
       n = min(num_plot_examples, len(batch["actions"]))
-      examples = {"image": np.asarray(batch["image"][:n]), "actions": np.asarray(batch["actions"][:n]),
-                  "padding": np.asarray(batch["padding"][:n]), "samples": out["samples"][:, :n]}
+      examples = {"image": np.asarray(batch["image"][:n]),
+                  "actions": np.asarray(batch["actions"][:n]),
+                  "padding": np.asarray(batch["padding"][:n]),
+                  "samples": np.asarray(jax.device_get(samples[:, :n]))}
     num_batches += 1
 
   names = [n for n in accs if n != "mean_traj" or mean_delta is not None]

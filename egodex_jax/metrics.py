@@ -28,11 +28,13 @@ class MetricWriter:
   """
 
   def __init__(self, workdir: str, *, total_steps: int, batch_size: int, start_step: int = 0,
-               enabled: bool = True, tensorboard: bool = True, stream=None):
+               enabled: bool = True, tensorboard: bool = True, stream=None,
+               filename: str = 'metrics.jsonl', progress: bool = True):
     self.workdir, self.total_steps, self.batch_size = workdir, total_steps, batch_size
     self.enabled = enabled
     self.stream = stream or sys.stdout
-    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.path = os.path.join(workdir, filename)
+    self.progress = progress
     self._tb = None
     self._last = (start_step, time.perf_counter())
     self._t0_step = start_step
@@ -67,7 +69,7 @@ class MetricWriter:
       for k, v in record.items():
         if k != 'step' and isinstance(v, (int, float)):
           self._tb.add_scalar(k, v, step)
-    if progress and not prefix:
+    if progress and self.progress and not prefix:
       sps = record['steps_per_s']
       eta = (self.total_steps - step) / sps if sps > 0 else float('nan')
       line = (f'step {step:>6d}/{self.total_steps}  loss {record.get("loss", float("nan")):.4f}  '

@@ -337,9 +337,12 @@ def train(config, workdir: str, *, data=None) -> dict:
                             ema_decay=config.optim.ema_decay,
                             inject_nan_at_step=config.train.inject_nan_at_step)
   train_step = jit_train_step(step_fn, mesh, shardings)
-  writer = metrics_lib.MetricWriter(workdir, total_steps=num_steps,
-                                    batch_size=config.data.batch_size, start_step=start,
-                                    enabled=is_main)
+  # Other processes log only when asked (tests of multi-host runs compare their losses).
+  proc = jax.process_index()
+  writer = metrics_lib.MetricWriter(
+      workdir, total_steps=num_steps, batch_size=config.data.batch_size, start_step=start,
+      enabled=is_main or config.train.log_all_processes, tensorboard=is_main, progress=is_main,
+      filename='metrics.jsonl' if is_main else f'metrics.process{proc}.jsonl')
   save = lambda s, force=False: ckpt_lib.save(  # noqa: E731
       manager, s, state, data_iter=train_iter, config_json=config_json,
       norm_stats=data.norm_stats, force=force)

@@ -23,7 +23,8 @@ def _numpy_best_of_k(gt, padding, pred, ks):
     for i in range(n):
       per_frame = []
       for t in range(t_size):
-        d = [np.linalg.norm(pred[i, b, t, dims] - gt[b, t, dims]) for dims in skeleton.KEYPOINT_DIMS]
+        d = [np.linalg.norm(pred[i, b, t, dims] - gt[b, t, dims])
+             for dims in skeleton.KEYPOINT_DIMS]
         per_frame.append(np.mean(d))
       avg[i] = np.mean(per_frame)
       final[i] = per_frame[-1]
@@ -136,7 +137,8 @@ def _mode_batch(b=8, t=6, seed=0):
   mode = np.arange(b) % 2
   gt = np.zeros((b, t, 48), np.float32) + state[:, None]
   frac = np.linspace(0.1, 0.6, t)[None, :, None]
-  gt[..., RW] = state[:, None, RW] + frac * (targets[np.arange(b), mode][:, None] - state[:, None, RW])
+  to_target = targets[np.arange(b), mode][:, None] - state[:, None, RW]
+  gt[..., RW] = state[:, None, RW] + frac * to_target
   gt[..., :24] += rng.normal(size=(b, t, 24)) * 0.01
   return state, mode.astype(np.int32), targets, gt, np.zeros((b, t), bool)
 

@@ -239,7 +239,7 @@ class RecordSource:
 
 
 class SampleLoader:
-  """Record index -> one training sample (the batch table of docs/interfaces.md, unbatched)."""
+  """Record indices -> a batch as in the table of docs/interfaces.md."""
 
   def __init__(self, source, num_frames_by_episode: np.ndarray, horizon: int, goal: bool,
                image_size: int):
@@ -279,30 +279,6 @@ class SampleLoader:
       out["goal_image"] = np.empty((n, s, s, 3), np.uint8)
       for b, rec in enumerate(self.source.get_many(goal_idx)):
         decode_jpeg(rec["image"], self.image_size, out["goal_image"][b])
-    return out
-
-  def __call__(self, index) -> dict[str, np.ndarray]:
-    index = int(index)
-    rec = self.source[index]
-    h = self.horizon
-    t, episode = int(rec["frame"]), int(rec["episode_id"])
-    window = np.asarray(rec["window"], np.float32)  # [M+1, 48]
-    out = {
-        "image": decode_jpeg(rec["image"], self.image_size),
-        "state": window[0],
-        "actions": window[1:h + 1],
-        "padding": np.arange(h) >= int(rec["num_future"]),
-        "instruction_id": np.int32(rec["instruction_id"]),
-        "task_id": np.int32(rec["task_id"]),
-        "mode": np.int32(rec["mode"]),
-        "mode_targets": np.asarray(rec["mode_targets"], np.float32),
-        "episode_id": np.int32(episode),
-        "frame": np.int32(t),
-    }
-    if self.goal:
-      goal_t = min(t + h, int(self.num_frames[episode]) - 1)
-      goal = self.source[index - t + goal_t]
-      out["goal_image"] = decode_jpeg(goal["image"], self.image_size)
     return out
 
 

@@ -70,6 +70,10 @@ def main(argv=None) -> int:
   except (ValueError, OSError) as e:
     sys.stderr.write(f"egodex build failed: {str(e).splitlines()[0] if str(e) else repr(e)}\n")
     return 1
+  except Exception as e:  # pylint: disable=broad-except
+    first = str(e).splitlines()[0] if str(e) else ""
+    sys.stderr.write(f"egodex build failed: {type(e).__name__}: {first}\n")
+    return 1
   print(f"egodex: dataset written to {builder.data_dir}")
   return 0
 

@@ -333,8 +333,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._done = 0
     self._t0 = time.time()
     self._frames_done = 0
-    # fork is fast, but unsafe once JAX's threads exist in this process (e.g. under pytest).
-    ctx = multiprocessing.get_context("forkserver" if "jax" in sys.modules else "fork")
+    # fork is fast, but unsafe once JAX's threads exist in this process (e.g. under pytest);
+    # forkserver children must re-import this module by name, which `tfds build` (it imports
+    # the folder as a top-level `egodex` package) does not allow.
+    safe = "jax" in sys.modules and __name__.startswith("tfds_builder.")
+    ctx = multiprocessing.get_context("forkserver" if safe else "fork")
     self._pool = futures.ProcessPoolExecutor(self._num_workers, mp_context=ctx)
     self._spill_dir = tempfile.mkdtemp(prefix="egodex_build_")
     self.build_log(f"egodex: {self._found} episodes found under {raw_dir} "
