@@ -98,7 +98,10 @@ def _truncate_after(path: str, step: int):
 
 
 def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'metrics.jsonl')
+  return read_metrics_file(os.path.join(workdir, 'metrics.jsonl'))
+
+
+def read_metrics_file(path: str) -> list[dict]:
   if not os.path.exists(path):
     return []
   with open(path) as f:

@@ -63,7 +63,7 @@ def _train(loss_fn, params, steps, lr=3e-3, seed=0):
 
 
 def _overfit(policy, batch, steps=40):
-  """-> (trained params, loss before, loss after) in one compilation; fixed rng for the losses."""
+  """-> (trained params, loss before, loss after, metrics after), one compilation; fixed eval rng."""
   eval_rng = jax.random.PRNGKey(42)
   loss = lambda p, r, train: policy.loss(p, batch, r, train=train)[0]
   opt = optax.adam(3e-3)
@@ -78,7 +78,8 @@ def _overfit(policy, batch, steps=40):
       upd, s = opt.update(grads, s, p)
       return (optax.apply_updates(p, upd), s), None
     (trained, _), _ = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(rng, steps))
-    return trained, loss(params, eval_rng, False), loss(trained, eval_rng, False)
+    after, metrics = policy.loss(trained, batch, eval_rng, train=False)
+    return trained, loss(params, eval_rng, False), after, metrics
 
   return run(jax.random.PRNGKey(0))
 
@@ -94,9 +95,8 @@ def _both_samplers(policy, params, batch, rng, k):
 def test_pair_learns_and_samples(backbone, head):
   policy = _policy(backbone, head)
   batch = _batch()
-  trained, before, after = _overfit(policy, batch)
+  trained, before, after, metrics = _overfit(policy, batch)
   assert np.isfinite(before) and after < 0.7 * before, (before, after)
-  _, metrics = jax.jit(policy.loss)(trained, batch, jax.random.PRNGKey(0))
   assert {"loss", "mse"} <= set(metrics) and all(np.shape(v) == () for v in metrics.values())
   if head == "bc" or (head == "ddpm" and backbone == "encdec"):
     out = jax.jit(policy.sample, static_argnums=3)(trained, batch, jax.random.PRNGKey(1), 3)
@@ -112,16 +112,20 @@ def test_pair_learns_and_samples(backbone, head):
 def test_cached_equals_naive_under_xil_causal(backbone):
   policy = _policy(backbone, "fm", mask="xil_causal", goal=True)
   batch = _batch(goal=True)
-  params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
-  # One action-part evaluation against the cache == the full forward.
   x_t = jax.random.normal(jax.random.PRNGKey(1), (B, H, 48))
   t = jnp.linspace(0.1, 0.9, B)
-  fast, full = jax.jit(lambda p: (
-      policy.predict(p, policy.encode(p, batch), x_t, t),
-      policy.net.apply({"params": p}, policy.inputs(batch), x_t, t,
-                       method=policies.PolicyNet.full)))(params)
+
+  @jax.jit
+  def run(rng):  # one compilation (XLA:CPU compiles slowly here)
+    p = policy.init(rng, batch)
+    fast = policy.predict(p, policy.encode(p, batch), x_t, t)  # the action part, cached obs
+    full = policy.net.apply({"params": p}, policy.inputs(batch), x_t, t,
+                            method=policies.PolicyNet.full)
+    rng_s = jax.random.PRNGKey(2)
+    return fast, full, policy.sample(p, batch, rng_s, 2), policy.sample_naive(p, batch, rng_s, 2)
+
+  fast, full, a, b = run(jax.random.PRNGKey(0))
   np.testing.assert_allclose(fast, full, atol=1e-5)
-  a, b = _both_samplers(policy, params, batch, jax.random.PRNGKey(2), 2)
   np.testing.assert_allclose(a, b, atol=1e-4)
 
 
@@ -135,36 +139,50 @@ def test_masked_mse_ignores_padded_frames():
   assert float(policies.masked_mse(pred, target, np.ones((2, 3), bool))) == 0.0  # all padded
 
 
-def test_policy_loss_masks_padding_and_sampling_is_deterministic():
-  for head in ("bc", "fm"):
-    policy = _policy("dec", head)
-    batch = _batch()
-    params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
-    loss = jax.jit(lambda p, b: policy.loss(p, b, jax.random.PRNGKey(3), train=False)[0])
-    if head == "bc":  # BC's input never sees the actions: padded targets are exactly irrelevant
-      moved = dict(batch, actions=batch["actions"].copy())
-      moved["actions"][-1, -2:] += 100.0  # only padded frames change
-      np.testing.assert_allclose(loss(params, batch), loss(params, moved), rtol=1e-6)
-      moved["actions"][0, 0] += 1.0  # a valid frame changes
-      assert abs(float(loss(params, batch)) - float(loss(params, moved))) > 1e-4
-    sample = jax.jit(policy.sample, static_argnums=3)
-    s1 = sample(params, batch, jax.random.PRNGKey(5), 4)
-    np.testing.assert_array_equal(s1, sample(params, batch, jax.random.PRNGKey(5), 4))
-    s2 = sample(params, batch, jax.random.PRNGKey(6), 4)
-    if head == "bc":  # deterministic: every sample equal, whatever the rng
-      np.testing.assert_array_equal(s1, s2)
-      np.testing.assert_array_equal(s1[0], s1[3])
-    else:
-      assert np.abs(s1 - s2).min() > 0 and np.abs(s1[0] - s1[1]).max() > 1e-2
+def test_policy_loss_masks_padding():
+  policy = _policy("dec", "bc")  # BC's input never sees the actions: padded targets are irrelevant
+  batch = _batch()
+  moved = dict(batch, actions=batch["actions"].copy())
+  moved["actions"][-1, -2:] += 100.0  # only padded frames change
+  valid = dict(moved, actions=moved["actions"].copy())
+  valid["actions"][0, 0] += 1.0  # a valid frame changes
+
+  @jax.jit
+  def losses(rng):
+    p = policy.init(rng, batch)
+    return [policy.loss(p, b, rng, train=False)[0] for b in (batch, moved, valid)]
+
+  base, padded, changed = losses(jax.random.PRNGKey(0))
+  np.testing.assert_allclose(base, padded, rtol=1e-6)
+  assert abs(float(base) - float(changed)) > 1e-4
+
+
+@pytest.mark.parametrize("head", ["bc", "ddpm"])
+def test_sampling_is_deterministic_given_rng(head):
+  policy = _policy("encdec", head)
+  batch = _batch()
+  sample = jax.jit(lambda r: policy.sample(policy.init(jax.random.PRNGKey(0), batch), batch, r, 4))
+  s1 = sample(jax.random.PRNGKey(5))
+  np.testing.assert_array_equal(s1, sample(jax.random.PRNGKey(5)))
+  s2 = sample(jax.random.PRNGKey(6))
+  if head == "bc":  # deterministic: every sample equal, whatever the rng
+    np.testing.assert_array_equal(s1, s2)
+    np.testing.assert_array_equal(s1[0], s1[3])
+  else:
+    assert np.abs(s1 - s2).min() > 0 and np.abs(s1[0] - s1[1]).max() > 1e-2
 
 
 def test_goal_image_is_used_and_required():
   policy = _policy("encdec", "bc", goal=True)
   batch = _batch(goal=True)
-  params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
-  sample = jax.jit(policy.sample, static_argnums=3)
-  a = sample(params, batch, jax.random.PRNGKey(0), 1)
-  b = sample(params, dict(batch, goal_image=255 - batch["goal_image"]), jax.random.PRNGKey(0), 1)
+  other = dict(batch, goal_image=255 - batch["goal_image"])
+
+  @jax.jit
+  def run(rng):
+    p = policy.init(rng, batch)
+    return p, policy.sample(p, batch, rng, 1), policy.sample(p, other, rng, 1)
+
+  params, a, b = run(jax.random.PRNGKey(0))
   assert np.abs(a - b).max() > 1e-5
   no_goal = {k: v for k, v in batch.items() if k != "goal_image"}
   with pytest.raises(KeyError, match="goal_image"):
@@ -175,10 +193,9 @@ def test_minilm_language_table_is_frozen_constant():
   policy = _policy("dec", "bc", language=dict(encoder="minilm"))
   np.testing.assert_allclose(policy.lang_table, minilm.embed(INSTRUCTIONS), atol=1e-6)
   batch = _batch()
-  params = jax.jit(policy.init)(jax.random.PRNGKey(0), batch)
-  assert params["language_encoder"]["proj"]["kernel"].shape == (384, 32)  # the only text params
-  loss, _ = jax.jit(policy.loss)(params, batch, jax.random.PRNGKey(1))
-  assert np.isfinite(loss)
+  params = jax.eval_shape(policy.init, jax.random.PRNGKey(0), batch)
+  assert jax.tree.map(lambda x: x.shape, params["language_encoder"]) == {  # the only text params
+      "proj": {"kernel": (384, 32), "bias": (32,)}}
 
 
 @pytest.mark.parametrize("backbone,head", [("dec", "bc"), ("encdec", "fm")])
@@ -251,3 +268,15 @@ def test_heads_cover_both_modes(head):
 def test_ddpm_schedule():
   ab = policies.cosine_alphas_cumprod(16)
   assert ab.shape == (16,) and np.all(np.diff(ab) < 0) and 0.95 < ab[0] < 1 and ab[-1] < 1e-3
+
+
+def test_flow_matching_time_distributions():
+  n = 20000
+  beta = np.asarray(policies.FlowMatchingHead("beta").sample_time(jax.random.PRNGKey(0), n))
+  # Beta(1.5, 1): CDF t^1.5 (up to openpi's 0.999 t + 0.001 squeeze), mean 0.6.
+  assert beta.min() >= 0.001 and beta.max() <= 1.0
+  assert abs(beta.mean() - (0.6 * 0.999 + 0.001)) < 0.01
+  for q in (0.25, 0.5, 0.75):
+    assert abs((beta <= q).mean() - ((q - 0.001) / 0.999) ** 1.5) < 0.015
+  uni = np.asarray(policies.FlowMatchingHead("uniform").sample_time(jax.random.PRNGKey(0), n))
+  assert abs(uni.mean() - 0.5) < 0.01

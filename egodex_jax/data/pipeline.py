@@ -13,6 +13,7 @@ Batches hold canonical values (metres, camera frame t); see docs/interfaces.md f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import hashlib
 import json
@@ -27,6 +28,9 @@ from egodex_jax.data import normalize
 DATASET_NAME = "egodex"
 META_FILE = "egodex_meta.json"
 STATS_FILE = "norm_stats.json"
+# The record layout this reader understands; the builder's VERSION is this string, so a build
+# from another layout is refused by `load_metadata` instead of being misread.
+RECORD_VERSION = "1.1.0"
 _BUILD_HINT = "build it with: python -m tfds_builder.egodex --raw_dir RAW --data_dir DATA_DIR"
 
 
@@ -56,6 +60,8 @@ def find_build_dir(data_dir: str) -> str:
   found = sorted(glob.glob(os.path.join(data_dir, DATASET_NAME, "*", "*", "dataset_info.json")))
   found += sorted(glob.glob(os.path.join(data_dir, "*", "dataset_info.json")))  # .../egodex given
   found = [os.path.dirname(f) for f in found]
+  current = [d for d in found if os.path.basename(d) == RECORD_VERSION]
+  found = current or found  # an older build beside a current one is ignored; alone, refused
   if not found:
     raise FileNotFoundError(
         f"{data_dir}: no EgoDex dataset there (expected {data_dir}/{DATASET_NAME}/<config>/"
@@ -76,6 +82,15 @@ def load_metadata(data_dir: str) -> DatasetMeta:
   except (OSError, ValueError) as e:
     raise FileNotFoundError(f"{meta_path}: cannot read the EgoDex metadata ({e}); the build is "
                             f"incomplete or not from tfds_builder/egodex; {_BUILD_HINT}") from None
+  try:
+    with open(os.path.join(build_dir, "dataset_info.json")) as f:
+      version = json.load(f).get("version")
+  except (OSError, ValueError):
+    version = None
+  if version != RECORD_VERSION:
+    raise ValueError(f"{build_dir}: the EgoDex dataset there has record version {version}, this "
+                     f"reader needs {RECORD_VERSION} (float tensors as raw bytes); rebuild it "
+                     f"with: python -m tfds_builder.egodex --raw_dir RAW --data_dir DATA_DIR")
   stats_path = os.path.join(build_dir, STATS_FILE)
   stats = normalize.load_stats(stats_path) if os.path.isfile(stats_path) else None
   return DatasetMeta(
@@ -120,92 +135,53 @@ def sample_indices(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
 def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = None
                 ) -> np.ndarray:
   """JPEG bytes -> [S, S, 3] uint8 RGB (resized when `size` differs), written into `out` if
-  given (saves a copy when filling a batch)."""
+  given (fills a batch without another array)."""
   import cv2  # pylint: disable=g-import-not-at-top
-  img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+  # libjpeg-turbo writes RGB directly (OpenCV >= 4.10): no BGR->RGB pass over the pixels.
+  img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
   if img is None:
     raise ValueError("a stored frame is not a decodable JPEG")
   if size is not None and img.shape[0] != size:
-    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (size, size), out, interpolation=cv2.INTER_AREA)
   if out is None:
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-  cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=out)
+    return img
+  out[...] = img
   return out
 
 
 # --- records -------------------------------------------------------------------------------
-# TFDS stores each record as a serialised tf.train.Example. Its NumPy deserialiser turns the
-# 4,368-float window into a Python list first, which costs as much as decoding the JPEG; this
-# reader walks the protobuf wire format and views the packed floats in place instead.
+# TFDS stores each record as a serialised tf.train.Example; since record version 1.1.0 the float
+# tensors are raw float32 bytes (Tensor encoding='bytes'), so parsing is protobuf's C parser plus
+# one np.frombuffer per tensor. TFDS's own `deserialize_example_np` reads the same records but
+# costs ~5x more per record (per-feature dispatch through its FeaturesDict), about a third of a
+# JPEG decode; the tests check that both give the same values for every record.
+_FLOATS = ("window", "confidence", "mode_targets")  # float32, raw bytes
+_INTS = ("num_future", "episode_id", "frame", "task_id", "instruction_id", "mode")
 
 
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-  result = shift = 0
-  while True:
-    b = buf[pos]
-    pos += 1
-    result |= (b & 0x7F) << shift
-    if b < 0x80:
-      return result, pos
-    shift += 7
+@functools.cache
+def _example_class():
+  # TFDS's vendored copy of tf.train.Example (no TensorFlow needed).
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  return tf_example_pb2.Example
 
 
-def _feature(buf: bytes, pos: int, end: int):
-  """tf.train.Feature at buf[pos:end] -> bytes (bytes_list) or a float32 / int64 array."""
-  if pos == end:
-    return np.zeros((0,), np.float32)
-  tag, pos = _varint(buf, pos)
-  kind = tag >> 3  # 1 bytes_list, 2 float_list, 3 int64_list
-  n, pos = _varint(buf, pos)
-  stop, values = pos + n, []
-  while pos < stop:
-    tag, pos = _varint(buf, pos)
-    wire = tag & 7
-    if wire == 2:  # bytes, or a packed run of floats / varints
-      n, pos = _varint(buf, pos)
-      if kind == 1:
-        values.append(buf[pos:pos + n])
-      elif kind == 2:
-        values.append(np.frombuffer(buf, "<f4", n // 4, pos))
-      else:
-        p, run_end = pos, pos + n
-        while p < run_end:
-          v, p = _varint(buf, p)
-          values.append(v - (1 << 64) if v >= 1 << 63 else v)
-      pos += n
-    elif wire == 5:  # unpacked float
-      values.append(np.frombuffer(buf, "<f4", 1, pos))
-      pos += 4
-    else:  # unpacked varint
-      v, pos = _varint(buf, pos)
-      values.append(v - (1 << 64) if v >= 1 << 63 else v)
-  if kind == 1:
-    return values[0] if len(values) == 1 else values
-  if kind == 2:
-    return np.concatenate(values) if len(values) != 1 else values[0]
-  return np.asarray(values, np.int64)
-
-
-def parse_example(buf: bytes) -> dict[str, Any]:
-  """Serialised tf.train.Example -> {name: bytes | float32 [n] | int64 [n]} (flat values)."""
-  out = {}
-  tag, pos = _varint(buf, 0)  # Example.features
-  n, pos = _varint(buf, pos)
-  end = pos + n
-  while pos < end:  # Features.feature: map entries (key = 1, value = 2)
-    tag, pos = _varint(buf, pos)
-    n, pos = _varint(buf, pos)
-    entry_end, key, value = pos + n, None, (pos, pos)
-    while pos < entry_end:
-      tag, pos = _varint(buf, pos)
-      n, pos = _varint(buf, pos)
-      if tag >> 3 == 1:
-        key = buf[pos:pos + n].decode()
-      else:
-        value = (pos, pos + n)
-      pos += n
-    out[key] = _feature(buf, *value)
-  return out
+def parse_record(buf: bytes) -> dict[str, Any]:
+  """Serialised record -> {image: bytes, window: [M+1, 48], confidence: [12],
+  mode_targets: [2, 3] float32 (read-only views), the int fields: int}."""
+  feature = _example_class().FromString(buf).features.feature
+  try:
+    rec = {"image": feature["image"].bytes_list.value[0]}
+    for k in _FLOATS:
+      rec[k] = np.frombuffer(feature[k].bytes_list.value[0], np.float32)
+    for k in _INTS:
+      rec[k] = feature[k].int64_list.value[0]
+  except (KeyError, IndexError) as e:
+    raise ValueError(f"a record lacks the feature {e} of EgoDex record version "
+                     f"{RECORD_VERSION}; rebuild the dataset") from None
+  rec["window"] = rec["window"].reshape(-1, 48)
+  rec["mode_targets"] = rec["mode_targets"].reshape(-1, 3)
+  return rec
 
 
 class RecordSource:
@@ -217,25 +193,16 @@ class RecordSource:
     if not paths:
       raise FileNotFoundError(f"{meta.data_dir}: no ArrayRecord shards for split '{split}'")
     self._source = array_record_data_source.ArrayRecordDataSource(paths)
-    self._window_shape = (meta.max_horizon + 1, -1)
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitem__(self, index: int) -> dict[str, Any]:
-    return self._shape(parse_example(self._source[index]))
+    return parse_record(self._source[index])
 
   def get_many(self, indices: list[int]) -> list[dict[str, Any]]:
     """One batched read (ArrayRecord reads them in parallel)."""
-    return [self._shape(parse_example(b)) for b in self._source.__getitems__(indices)]
-
-  def _shape(self, rec: dict[str, Any]) -> dict[str, Any]:
-    for k, v in rec.items():
-      if isinstance(v, np.ndarray) and v.dtype == np.int64 and v.shape == (1,):
-        rec[k] = int(v[0])
-    rec["window"] = rec["window"].reshape(self._window_shape)
-    rec["mode_targets"] = rec["mode_targets"].reshape(-1, 3)
-    return rec
+    return [parse_record(b) for b in self._source.__getitems__(indices)]
 
 
 class SampleLoader:
@@ -251,35 +218,42 @@ class SampleLoader:
 
   def load_batch(self, indices) -> dict[str, np.ndarray]:
     """[B] record indices -> a batch; images are decoded straight into the batch arrays."""
+    _one_opencv_thread()
     idx = [int(i) for i in np.asarray(indices).reshape(-1)]
     recs = self.source.get_many(idx)
-    n, h = len(idx), self.horizon
-    s = self.image_size
+    n, h, s = len(idx), self.horizon, self.image_size
     out = {"image": np.empty((n, s, s, 3), np.uint8),
            "state": np.empty((n, 48), np.float32),
            "actions": np.empty((n, h, 48), np.float32),
-           "padding": np.empty((n, h), bool)}
-    ints = {k: np.empty((n,), np.int32) for k in
-            ("instruction_id", "task_id", "mode", "episode_id", "frame")}
-    out.update(ints)
-    out["mode_targets"] = np.empty((n, 2, 3), np.float32)
-    goal_idx = []
-    for b, (i, rec) in enumerate(zip(idx, recs)):
-      decode_jpeg(rec["image"], self.image_size, out["image"][b])
-      window = rec["window"]
+           "mode_targets": np.empty((n, 2, 3), np.float32)}
+    for b, rec in enumerate(recs):
+      decode_jpeg(rec["image"], s, out["image"][b])
+      window = rec["window"]  # [M+1, 48] view of the record's bytes: one copy into the batch
       out["state"][b] = window[0]
       out["actions"][b] = window[1:h + 1]
-      out["padding"][b] = np.arange(h) >= rec["num_future"]
-      for k in ints:
-        ints[k][b] = rec[k]
       out["mode_targets"][b] = rec["mode_targets"]
-      t, episode = rec["frame"], rec["episode_id"]
-      goal_idx.append(i - t + min(t + h, int(self.num_frames[episode]) - 1))
-    if self.goal:
+    ints = {k: np.array([r[k] for r in recs], np.int32) for k in _BATCH_INTS}
+    out["padding"] = np.arange(h) >= ints.pop("num_future")[:, None]
+    out.update(ints)
+    if self.goal:  # goal frame of record i (frame t): record i - t + min(t + H, N - 1)
+      t = out["frame"].astype(np.int64)
+      n_frames = self.num_frames[out["episode_id"]]
+      goal_idx = np.asarray(idx) - t + np.minimum(t + h, n_frames - 1)
       out["goal_image"] = np.empty((n, s, s, 3), np.uint8)
-      for b, rec in enumerate(self.source.get_many(goal_idx)):
-        decode_jpeg(rec["image"], self.image_size, out["goal_image"][b])
+      for b, rec in enumerate(self.source.get_many(goal_idx.tolist())):
+        decode_jpeg(rec["image"], s, out["goal_image"][b])
     return out
+
+
+_BATCH_INTS = ("num_future", "instruction_id", "task_id", "mode", "episode_id", "frame")
+
+
+@functools.cache
+def _one_opencv_thread() -> None:
+  # Per process (and per Grain worker): OpenCV's own thread pool only adds wake-ups on 224 px
+  # images, while the pipeline's read threads / worker processes already use the cores.
+  import cv2  # pylint: disable=g-import-not-at-top
+  cv2.setNumThreads(1)
 
 
 def data_source(meta: DatasetMeta, split: str):

@@ -39,6 +39,7 @@ from egodex_jax import skeleton
 from egodex_jax.data import actions as actions_lib
 from egodex_jax.data import egodex
 from egodex_jax.data import normalize
+from egodex_jax.data.pipeline import RECORD_VERSION  # the reader refuses other versions
 
 DEFAULT_IMAGE_SIZE = 224
 DEFAULT_MAX_HORIZON = 90
@@ -281,8 +282,13 @@ def _ordered_map(pool, fn, jobs, ahead: int) -> Iterator[Any]:
 class Builder(tfds.core.GeneratorBasedBuilder):
   """EgoDex: one record per frame (JPEG + action window), ArrayRecord, TF-free."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "One record per frame: JPEG, [M+1, 48] action window, labels."}
+  VERSION = tfds.core.Version(RECORD_VERSION)
+  RELEASE_NOTES = {
+      "1.0.0": "One record per frame: JPEG, [M+1, 48] action window, labels.",
+      "1.1.0": "Float tensors (window, confidence, mode_targets) stored as raw float32 "
+               "bytes (Tensor encoding='bytes') instead of float lists: same features "
+               "and values, ~10x cheaper to parse. 1.0.0 builds must be rebuilt.",
+  }
   BUILDER_CONFIGS = [make_config()]
   DEFAULT_BUILDER_CONFIG_NAME = BUILDER_CONFIGS[0].name
   MANUAL_DOWNLOAD_INSTRUCTIONS = """
@@ -304,18 +310,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     m = self.builder_config.max_horizon
     t = tfds.features.Tensor
+    raw = tfds.features.Encoding.BYTES  # float tensors as raw bytes: one np.frombuffer to read
     return self.dataset_info_from_configs(
         features=tfds.features.FeaturesDict({
             "image": t(shape=(), dtype=np.object_),  # JPEG bytes, S x S RGB
-            "window": t(shape=(m + 1, skeleton.ACTION_DIM), dtype=np.float32),
+            "window": t(shape=(m + 1, skeleton.ACTION_DIM), dtype=np.float32, encoding=raw),
             "num_future": t(shape=(), dtype=np.int32),
             "episode_id": t(shape=(), dtype=np.int32),
             "frame": t(shape=(), dtype=np.int32),
             "task_id": t(shape=(), dtype=np.int32),
             "instruction_id": t(shape=(), dtype=np.int32),
-            "confidence": t(shape=(len(skeleton.KEYPOINT_JOINTS),), dtype=np.float32),
+            "confidence": t(shape=(len(skeleton.KEYPOINT_JOINTS),), dtype=np.float32,
+                            encoding=raw),
             "mode": t(shape=(), dtype=np.int32),
-            "mode_targets": t(shape=(MAX_MODES, 3), dtype=np.float32),
+            "mode_targets": t(shape=(MAX_MODES, 3), dtype=np.float32, encoding=raw),
         }),
         supervised_keys=None,
         homepage="https://github.com/apple/ml-egodex",
