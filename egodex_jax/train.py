@@ -384,7 +384,7 @@ def train(config, workdir: str, *, data=None) -> dict:
                                if isinstance(v, (int, float))}, prefix='eval/')
         if step % config.train.save_every == 0 or step == num_steps:
           check_finite(*pending)
-          save(step)
+          save(step, force=step == num_steps)  # the manager saves on its interval otherwise
         if preempt.should_stop() and step < num_steps:
           check_finite(*pending)
           save(step, force=True)

@@ -1,5 +1,6 @@
 """The TF-free build through our CLI (a real subprocess with TensorFlow blocked), read back."""
 
+import glob
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from egodex_jax import skeleton
 from egodex_jax.data import actions
 from egodex_jax.data import egodex
+from egodex_jax.data import pipeline
 from egodex_jax.data import synthetic
 from tfds_builder.egodex import egodex_dataset_builder as edb
 
@@ -41,6 +43,19 @@ def _cli(*args):
                         text=True, timeout=300)
 
 
+def _records(build_dir, split):
+  """A split's serialised records, in order, straight from the ArrayRecord shards."""
+  from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
+  paths = sorted(glob.glob(os.path.join(build_dir, f"egodex-{split}.array_record-*")))
+  src = array_record_data_source.ArrayRecordDataSource(paths)
+  return [src[i] for i in range(len(src))]
+
+
+def _json(build_dir, name):
+  with open(os.path.join(build_dir, name)) as f:
+    return json.load(f)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   """Raw tree with release split folders and broken episodes mixed in, built by the CLI."""
@@ -58,7 +73,7 @@ def built(tmp_path_factory):
               "--max_horizon", str(MAX_HORIZON), "--num_workers", "2",
               "--writer_buffer_mb", "0.25")  # small: TFDS spills to its on-disk buckets
   assert proc.returncode == 0, proc.stderr[-3000:]
-  build_dir = os.path.join(out, "egodex", f"s{IMAGE_SIZE}_h{MAX_HORIZON}", "1.0.0")
+  build_dir = os.path.join(out, "egodex", f"s{IMAGE_SIZE}_h{MAX_HORIZON}", str(edb.Builder.VERSION))
   with open(os.path.join(build_dir, edb.META_FILE)) as f:
     meta = json.load(f)
   return {"raw": raw, "out": out, "dir": build_dir, "meta": meta, "broken": broken,
@@ -164,3 +179,61 @@ def test_single_tree_split_is_deterministic_and_keeps_test_episodes(tmp_path):
   assert a == b
   assert len(a["test"]) == 2 and len(a["train"]) == 21
   assert not set(a["test"]) & set(a["train"])
+
+
+def test_float_tensors_are_stored_as_raw_bytes(built):
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  feature = tf_example_pb2.Example.FromString(_records(built["dir"], "train")[0]).features.feature
+  for k, shape in (("window", (MAX_HORIZON + 1, 48)), ("confidence", (12,)),
+                   ("mode_targets", (2, 3))):
+    assert feature[k].WhichOneof("kind") == "bytes_list", k
+    assert len(feature[k].bytes_list.value[0]) == 4 * int(np.prod(shape)), k
+  assert _json(built["dir"], "dataset_info.json")["version"] == pipeline.RECORD_VERSION
+
+
+@pytest.mark.slow
+def test_beam_build_equals_the_local_build(built, tmp_path):
+  """Our CLI with --beam (Apache Beam's DirectRunner) on the same raw tree: the same records."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  proc = _cli("--raw_dir", built["raw"], "--data_dir", str(tmp_path), "--image_size",
+              str(IMAGE_SIZE), "--max_horizon", str(MAX_HORIZON), "--num_workers", "1", "--beam")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  beam_dir = built["dir"].replace(built["out"], str(tmp_path))
+  for name in (edb.META_FILE, edb.STATS_FILE, edb.SKIPPED_FILE):
+    assert _json(beam_dir, name) == _json(built["dir"], name), name
+  for split in built["meta"]["splits"]:
+    local = _records(built["dir"], split)
+    assert len(local) == built["meta"]["splits"][split]["num_records"] > 0
+    beam = _records(beam_dir, split)
+    assert len(beam) == len(local), split
+    # Equal messages, not bytes: protobuf leaves the order of a map's entries (the features)
+    # unspecified, and it differs between the two writers' processes.
+    parse = tf_example_pb2.Example.FromString
+    assert all(parse(a) == parse(b) for a, b in zip(beam, local)), split
+
+
+@pytest.mark.slow
+def test_tfds_build_cli_makes_a_dataset_the_pipeline_reads(built, tmp_path):
+  """The standard `tfds build` (TFDS's CLI, default config s224_h90) as a real subprocess."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+  tfds_cli = os.path.join(os.path.dirname(sys.executable), "tfds")
+  proc = subprocess.run([tfds_cli, "build", os.path.join("tfds_builder", "egodex"),
+                         f"--manual_dir={built['raw']}", f"--data_dir={tmp_path}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  meta = pipeline.load_metadata(str(tmp_path))
+  assert (meta.image_size, meta.max_horizon) == (edb.DEFAULT_IMAGE_SIZE, edb.DEFAULT_MAX_HORIZON)
+  assert meta.data_dir.endswith(os.path.join("s224_h90", pipeline.RECORD_VERSION))
+  for split, info in built["meta"]["splits"].items():  # same episodes, same record indices
+    assert meta.episodes[split] == info["episodes"]
+  horizon = 20
+  ds = pipeline.make_dataset(str(tmp_path), "train", batch_size=4, horizon=horizon, goal=True,
+                             shuffle=False, num_epochs=1, meta=meta)
+  batch = next(iter(ds))
+  assert batch["image"].shape == batch["goal_image"].shape == (4, 224, 224, 3)
+  by_id = {e["episode_id"]: e for e in meta.episodes["train"]}
+  for i, (e, t) in enumerate(zip(batch["episode_id"], batch["frame"])):
+    ep = egodex.load_episode(os.path.join(built["raw"], by_id[e]["path"]))
+    chunk, padding = actions.action_chunk(ep, int(t), horizon)
+    np.testing.assert_allclose(batch["actions"][i], chunk, atol=1e-5)
+    np.testing.assert_array_equal(batch["padding"][i], padding)

@@ -1,7 +1,9 @@
 """The Grain pipeline over a real (tiny) ArrayRecord build of synthetic episodes."""
 
+import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -67,6 +69,20 @@ def test_fast_record_reader_equals_tfds_deserialisation(data, split):
         assert a[k] == b[k], k  # bytes and ints (mode -1 included)
   modes = {e["mode"] for e in data["meta"].episodes[split]}
   assert {r["mode"] for r in got} == modes  # incl. -1 (a negative varint) for unimodal tasks
+
+
+def test_other_record_versions_are_refused_not_misread(data, tmp_path):
+  old = tmp_path / "egodex" / f"s{S}_h{M}" / "1.0.0"
+  shutil.copytree(data["meta"].data_dir, old)
+  info = json.loads((old / "dataset_info.json").read_text())
+  info["version"] = "1.0.0"  # float lists, before the raw-bytes layout
+  (old / "dataset_info.json").write_text(json.dumps(info))
+  with pytest.raises(ValueError, match=r"record version 1\.0\.0.*rebuild"):
+    pipeline.load_metadata(str(tmp_path))
+  # Beside a current build, the current one is used.
+  shutil.copytree(data["meta"].data_dir, old.parent / pipeline.RECORD_VERSION)
+  meta = pipeline.load_metadata(str(tmp_path))
+  assert meta.data_dir == str(old.parent / pipeline.RECORD_VERSION)
 
 
 def test_missing_dataset_error_says_where_and_how(tmp_path):

@@ -66,11 +66,11 @@ def _merge(base: dict, over: dict, where: str) -> dict:
   out = copy.deepcopy(base)
   for k, v in over.items():
     if k not in base:
-      raise ValueError(f"policies.py: unknown model config field {where}{k!r}; "
+      raise ValueError(f"policies.py: unknown model config field '{where}{k}'; "
                        f"known fields: {sorted(base)}.")
     if isinstance(base[k], dict):
       if not isinstance(v, dict):
-        raise ValueError(f"policies.py: model config field {where}{k!r} must be a dict.")
+        raise ValueError(f"policies.py: model config field '{where}{k}' must be a dict.")
       out[k] = _merge(base[k], v, f"{where}{k}.")
     else:
       out[k] = tuple(v) if isinstance(v, list) else v

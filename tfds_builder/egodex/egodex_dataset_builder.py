@@ -287,7 +287,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       "1.0.0": "One record per frame: JPEG, [M+1, 48] action window, labels.",
       "1.1.0": "Float tensors (window, confidence, mode_targets) stored as raw float32 "
                "bytes (Tensor encoding='bytes') instead of float lists: same features "
-               "and values, ~10x cheaper to parse. 1.0.0 builds must be rebuilt.",
+               "and values, read with one np.frombuffer. 1.0.0 builds must be rebuilt.",
   }
   BUILDER_CONFIGS = [make_config()]
   DEFAULT_BUILDER_CONFIG_NAME = BUILDER_CONFIGS[0].name
