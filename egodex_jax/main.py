@@ -83,9 +83,31 @@ def _fail(message: str):
   sys.exit(1)
 
 
+def _one_line(e: BaseException) -> str:
+  text = ' '.join(str(e).split())
+  return text if len(text) < 400 else text[:400] + '...'
+
+
+def _parse_flags(argv):
+  """absl parsing, with config-file and override errors as one line instead of a traceback."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _ = _CONFIG.value.data  # a config that failed to load raises on first use: fail here
+  except flags.Error as e:
+    # config_flags embeds the config's own traceback; its last line is the actual error.
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    _fail(f'bad flag: {lines[0] if len(lines) == 1 else lines[0][:120] + " ... " + lines[-1]}')
+  except (AttributeError, KeyError) as e:
+    _fail(f'bad config override: unknown field {_one_line(e)}.')
+  except Exception as e:  # pylint: disable=broad-except
+    cause = e.__cause__ or e
+    _fail(f'cannot load --config ({flags.FLAGS["config"].serialize()}): {_one_line(cause)}')
+  return rest
+
+
 def cli():
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == '__main__':

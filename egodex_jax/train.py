@@ -343,9 +343,13 @@ def train(config, workdir: str, *, data=None) -> dict:
       workdir, total_steps=num_steps, batch_size=config.data.batch_size, start_step=start,
       enabled=is_main or config.train.log_all_processes, tensorboard=is_main, progress=is_main,
       filename='metrics.jsonl' if is_main else f'metrics.process{proc}.jsonl')
-  save = lambda s, force=False: ckpt_lib.save(  # noqa: E731
-      manager, s, state, data_iter=train_iter, config_json=config_json,
-      norm_stats=data.norm_stats, force=force)
+  saved = [start]  # the last step saved (or restored): never save one step twice
+
+  def save(s, force=False):
+    if s != saved[0] and ckpt_lib.save(manager, s, state, data_iter=train_iter,
+                                       config_json=config_json, norm_stats=data.norm_stats,
+                                       force=force):
+      saved[0] = s
 
   def check_finite(step, m):
     loss = float(m['loss'])

@@ -144,6 +144,25 @@ def test_epochs_cover_the_split_and_reshuffle(data):
   assert two[:n] == one and sorted(two[n:]) == sorted(one) and two[n:] != one
 
 
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_batch_indices_are_one_stream_of_reshuffled_epochs(drop_remainder):
+  idx = np.arange(100, 123)  # 23 samples, batches of 5: batches straddle epochs
+  b = pipeline.BatchIndices(idx, 5, seed=7, num_epochs=3, drop_remainder=drop_remainder)
+  assert len(b) == (69 // 5 if drop_remainder else math.ceil(69 / 5))
+  stream = np.concatenate([b[i] for i in range(len(b))])
+  epochs = [stream[k * 23:(k + 1) * 23] for k in range(3)]
+  assert len(stream) == (65 if drop_remainder else 69)
+  for e in epochs[:2]:
+    assert sorted(e.tolist()) == idx.tolist()  # each epoch is a permutation of the samples
+  assert not np.array_equal(epochs[0], epochs[1])
+  again = pipeline.BatchIndices(idx, 5, seed=7, num_epochs=3, drop_remainder=drop_remainder)
+  assert all(np.array_equal(again[i], b[i]) for i in reversed(range(len(b))))  # any order
+  plain = pipeline.BatchIndices(idx, 5, shuffle=False, num_epochs=1, drop_remainder=False)
+  assert np.concatenate([plain[i] for i in range(len(plain))]).tolist() == idx.tolist()
+  with pytest.raises(IndexError):
+    b[len(b)]
+
+
 def test_state_save_restore_gives_the_same_next_batches(data):
   it = iter(_ds(data))
   _take(it, 2)

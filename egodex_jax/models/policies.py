@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
