@@ -216,5 +216,6 @@ def test_worker_process_path_matches_in_process(data):
   a = [_ids(b) for b in _take(iter(_ds(data)), 3)]
   it = iter(_ds(data, worker_count=1))
   got = _take(it, 3)
+  it.close()  # Grain: stop the worker now rather than at garbage collection
   assert [_ids(b) for b in got] == a
   assert got[0]["image"].shape == (4, S, S, 3)
