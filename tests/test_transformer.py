@@ -75,6 +75,22 @@ def test_decoder_mask_is_enforced_and_cache_is_exact(kind):
   np.testing.assert_allclose(ya, y[:, N_OBS:], atol=1e-5)
 
 
+def test_constant_all_true_mask_is_skipped_exactly():
+  # A NumPy all-True mask (the 'block' action part) skips the select; a traced one applies it:
+  # both must give the same output, and a NumPy mask that is not all True must still mask.
+  attn = transformer.Attention(D, 2)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, N_ACT, D))
+  params = jax.jit(attn.init)(jax.random.PRNGKey(1), x, np.ones((N_ACT, N_ACT), bool))
+  const = jax.jit(lambda p, x: attn.apply(p, x, np.ones((N_ACT, N_ACT), bool))[0])(params, x)
+  traced = jax.jit(lambda p, x, m: attn.apply(p, x, m)[0])(params, x,
+                                                          jnp.ones((N_ACT, N_ACT), bool))
+  np.testing.assert_allclose(const, traced, atol=1e-6)
+  causal = jax.jit(lambda p, x: attn.apply(p, x, np.tril(np.ones((N_ACT, N_ACT), bool)))[0])
+  y, y2 = causal(params, x), causal(params, x.at[:, -1].add(1.0))
+  np.testing.assert_allclose(y[:, :-1], y2[:, :-1], atol=1e-6)  # no token sees a later one
+  assert np.abs(const - causal(params, x)).max() > 1e-4
+
+
 @pytest.mark.parametrize("kind", transformer.MASKS)
 def test_encdec_encode_once_is_exact(kind):
   net = transformer.EncoderDecoder(dim=D, num_heads=2, enc_layers=1, dec_layers=2)
