@@ -286,6 +286,11 @@ class Preemption:
 
 # ----------------------------------------------------------------------------- the loop
 
+def _to_host(tree):
+  """Replicated global arrays -> NumPy (float() fails on arrays spanning other processes)."""
+  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+
+
 def _host_params(params):
   """Params usable by a single-process jitted function (eval): gathered when multi-host."""
   if jax.process_count() == 1:
@@ -352,7 +357,7 @@ def train(config, workdir: str, *, data=None) -> dict:
       saved[0] = s
 
   def check_finite(step, m):
-    loss = float(m['loss'])
+    loss = float(_to_host(m['loss']))
     if not np.isfinite(loss):
       last = manager.latest_step()
       raise TrainingError(
@@ -380,7 +385,7 @@ def train(config, workdir: str, *, data=None) -> dict:
           writer.reset_timer(step)  # steps/s excludes compilation
         if step % log_every == 0 or step == num_steps:
           check_finite(*pending)
-          writer.write(step, jax.device_get(m))
+          writer.write(step, _to_host(m))
         if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
           results = evaluate_params(config, data, policy, _host_params(state.ema_params),
                                     num_batches=config.eval.num_batches)
