@@ -48,6 +48,15 @@ def _init_distributed():
       jax.distributed.initialize()
 
 
+def _fast_cpu_rng():
+  import jax
+  # XLA:CPU takes ~20 s to compile the partitionable threefry for each new random shape (the
+  # default since jax 0.5), which dominates a CPU run's start-up; the classic threefry compiles
+  # in well under a second. Accelerators keep the partitionable one (it shards without gathers).
+  if jax.default_backend() == 'cpu':
+    jax.config.update('jax_threefry_partitionable', False)
+
+
 def run(config, workdir: str, mode: str) -> dict:
   from egodex_jax import train
   workdir = os.path.abspath(os.path.expanduser(workdir))
@@ -67,6 +76,7 @@ def main(argv):
   from egodex_jax import demo, train
   try:
     _init_distributed()
+    _fast_cpu_rng()
     results = run(config, _WORKDIR.value, _MODE.value)
   except (train.UserError, train.TrainingError, demo.DemoError) as e:
     _fail(str(e))

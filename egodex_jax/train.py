@@ -95,7 +95,16 @@ def load_data(config) -> Data:
                     f'frames stored in {meta.data_dir}.')
   return Data(data_dir=meta.data_dir, meta=meta, instructions=list(meta.instructions),
               tasks=list(meta.tasks), norm_stats=meta.norm_stats,
-              normalizer=normalize.Normalizer(meta.norm_stats, config.data.normalization))
+              normalizer=_normalizer(meta, config))
+
+
+def _normalizer(meta, config):
+  from egodex_jax.data import normalize
+  try:
+    return normalize.Normalizer(meta.norm_stats, config.data.normalization,
+                                config.data.get('action_repr', 'absolute'))
+  except ValueError as e:
+    raise UserError(f'{meta.data_dir}/norm_stats.json: {e}.') from None
 
 
 def make_policy(config, data: Data):
@@ -182,8 +191,9 @@ def normalize_batch(normalizer, batch: dict) -> dict:
   """Canonical metres -> the policy's space (inside jit); keeps only the keys the policy reads."""
   out = {k: batch[k] for k in POLICY_KEYS if k in batch}
   if normalizer is not None:
+    # Actions first: a state-relative representation subtracts the canonical state.
+    out['actions'] = normalizer.normalize_actions(out['actions'], state=out['state'])
     out['state'] = normalizer.normalize_state(out['state'])
-    out['actions'] = normalizer.normalize_actions(out['actions'])
   return out
 
 
@@ -415,8 +425,12 @@ def train(config, workdir: str, *, data=None) -> dict:
   writer.close()
   results = {}
   if config.eval.final_num_batches != 0:
+    t_eval = time.perf_counter()
     results = evaluate_params(config, data, policy, _host_params(state.ema_params),
                               num_batches=config.eval.final_num_batches, workdir=workdir)
+    if is_main:
+      print(f'Evaluated {results.get("num_samples", 0)} unpadded test samples in '
+            f'{time.perf_counter() - t_eval:.1f} s (compilation included).', flush=True)
   if is_main:
     metrics_lib.plot_loss_curve(workdir)
   return results

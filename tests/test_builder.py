@@ -153,7 +153,10 @@ def test_norm_stats_cover_train_without_padding(built):
   n_act = sum(min(MAX_HORIZON, e["num_frames"] - 1 - t) for e in train
               for t in range(e["num_frames"]))
   assert stats["state"]["count"] == n_state and stats["actions"]["count"] == n_act
-  for k in ("actions", "state"):
+  assert stats["delta"]["count"] == n_act  # future rows minus row 0, for relative actions
+  # Deltas are relative to the current frame: far narrower than the absolute positions.
+  assert np.mean(stats["delta"]["std"]) < np.mean(stats["actions"]["std"])
+  for k in ("actions", "state", "delta"):
     assert all(len(stats[k][q]) == 48 for q in ("mean", "std", "p01", "p99"))
     assert all(lo <= hi for lo, hi in zip(stats[k]["p01"], stats[k]["p99"]))
 

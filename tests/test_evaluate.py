@@ -323,3 +323,34 @@ def test_evaluate_bc_repeats_its_one_sample():
   assert res["model"]["avg@1"] == res["model"]["avg@4"]
   assert res["model"]["final@1"] == res["model"]["final@4"]
   assert "mean_traj" not in res
+
+
+def test_relative_actions_are_scored_as_absolute_metres():
+  """With action_repr='relative' the evaluator adds the state back before scoring."""
+  import jax
+  import jax.numpy as jnp
+  from egodex_jax.data import normalize
+  batches = _canonical_batches(num_batches=1)
+  policy, params, _ = _tiny_policy_and_normalizer(batches, "fm")
+  b = batches[0]
+  delta = (b["actions"] - b["state"][:, None]).reshape(-1, 48)
+  stats = {"actions": normalize.compute_stats([b["actions"].reshape(-1, 48)]),
+           "state": normalize.compute_stats([b["state"]]),
+           "delta": normalize.compute_stats([delta])}
+  normalizer = normalize.Normalizer(stats, "minmax", "relative")
+  ks = (1, 3)
+  step = evaluate.make_eval_step(policy, normalizer, ks=ks)
+  dev = {k: jnp.asarray(v) for k, v in b.items() if k in evaluate._DEVICE_KEYS}
+  rng = jax.random.key(3)
+  batch_rng = jax.random.fold_in(rng, 0)  # evaluate() samples batch i with fold_in(rng, i)
+  out = jax.device_get(step(params, dev, batch_rng, None))
+  # The policy's own samples (normalised deltas), de-normalised by hand: delta + state.
+  raw = np.asarray(policy.sample(params, evaluate._policy_obs(dev, normalizer), batch_rng, 3))
+  offset, scale = normalizer._actions
+  want = raw / scale + offset + b["state"][None, :, None, :]
+  np.testing.assert_allclose(out["samples"], want, rtol=1e-4, atol=1e-5)
+  assert np.abs(want - b["actions"][None]).mean() < 0.5 * np.abs(b["actions"]).mean()
+  res = evaluate.evaluate(policy, params, batches, normalizer, ks=ks, rng=rng)
+  expect = evaluate.best_of_k(b["actions"], b["padding"], want, ks=ks)
+  for key, v in expect.items():
+    assert res["model"][key] == pytest.approx(v, rel=1e-4)

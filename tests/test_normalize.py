@@ -87,3 +87,49 @@ def test_unknown_kind_and_bad_stats_file(tmp_path):
   good = _stats(_data())
   normalize.save_stats(str(p), good)
   assert normalize.load_stats(str(p))["actions"]["count"] == good["actions"]["count"]
+
+
+def _chunks(seed=3, b=40, h=30):
+  """Canonical states [B, 48] and chunks [B, H, 48] that drift away from the state."""
+  rng = np.random.default_rng(seed)
+  state = (rng.normal(size=(b, 48)) * 0.2 + rng.normal(size=48)).astype(np.float32)
+  steps = np.cumsum(rng.normal(size=(b, h, 48)) * 0.01, axis=1)
+  return state, (state[:, None] + steps).astype(np.float32)
+
+
+def _relative_stats(state, actions):
+  return {"actions": normalize.compute_stats([actions.reshape(-1, 48)]),
+          "state": normalize.compute_stats([state]),
+          "delta": normalize.compute_stats([(actions - state[:, None]).reshape(-1, 48)])}
+
+
+@pytest.mark.parametrize("kind", normalize.KINDS)
+def test_relative_round_trip_recovers_the_absolute_chunk(kind):
+  state, actions = _chunks()
+  n = normalize.Normalizer(_relative_stats(state, actions), kind, "relative")
+  y = n.normalize_actions(actions, state=state)
+  # What the policy sees is the normalised delta, not the normalised chunk.
+  absolute = normalize.Normalizer(_relative_stats(state, actions), kind, "absolute")
+  delta = normalize.Normalizer({"actions": _relative_stats(state, actions)["delta"],
+                                "state": _relative_stats(state, actions)["state"]}, kind)
+  np.testing.assert_allclose(y, delta.normalize_actions(actions - state[:, None]), atol=1e-5)
+  assert not np.allclose(y, absolute.normalize_actions(actions), atol=1e-2)
+  np.testing.assert_allclose(n.denormalize_actions(y, state=state), actions, atol=1e-5)
+  # Jitted, with K samples [K, B, H, 48] against states [1, B, 48] as the evaluator passes them.
+  samples = jnp.stack([jnp.asarray(y)] * 3)
+  back = jax.jit(lambda s, st: n.denormalize_actions(s, state=st))(samples, state[None])
+  np.testing.assert_allclose(np.asarray(back), np.broadcast_to(actions, back.shape), atol=1e-5)
+  fwd = jax.jit(lambda a, st: n.normalize_actions(a, state=st))(actions, state)
+  np.testing.assert_allclose(np.asarray(fwd), y, atol=1e-5)
+
+
+def test_relative_needs_delta_stats_and_the_state():
+  state, actions = _chunks()
+  stats = _relative_stats(state, actions)
+  old = {"actions": stats["actions"], "state": stats["state"]}
+  with pytest.raises(ValueError, match="rebuild"):
+    normalize.Normalizer(old, "minmax", "relative")
+  with pytest.raises(ValueError, match="action_repr"):
+    normalize.Normalizer(stats, "minmax", "deltas")
+  with pytest.raises(ValueError, match="state"):
+    normalize.Normalizer(stats, "minmax", "relative").normalize_actions(actions)

@@ -133,3 +133,30 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path)
   assert os.listdir(os.path.join(run_dir, 'tensorboard'))
   with open(os.path.join(run_dir, 'config.json')) as f:
     assert json.load(f)['model']['size'] == 'tiny'
+
+
+def test_relative_actions_round_trip_and_need_delta_stats(tiny_data, tmp_path):
+  import glob
+  import shutil
+  c = tiny_config(tiny_data)
+  assert c.data.action_repr == 'relative'  # the default
+  data = train.load_data(c)
+  batch = next(train.make_train_iter(c, data, 8))
+  out = train.normalize_batch(data.normalizer, batch)
+  delta = batch['actions'] - batch['state'][:, None]
+  offset, scale = data.normalizer._actions
+  np.testing.assert_allclose(out['actions'], (delta - offset) * scale, rtol=1e-5, atol=1e-5)
+  back = data.normalizer.denormalize_actions(out['actions'], state=batch['state'])
+  np.testing.assert_allclose(back, batch['actions'], atol=1e-5)
+  # A dataset built before the delta statistics existed: a one-line error asking to rebuild.
+  old = str(tmp_path / 'old')
+  shutil.copytree(tiny_data, old)
+  (path,) = glob.glob(os.path.join(old, '**', 'norm_stats.json'), recursive=True)
+  with open(path) as f:
+    stats = json.load(f)
+  del stats['delta']
+  with open(path, 'w') as f:
+    json.dump(stats, f)
+  c.data.data_dir = old
+  with pytest.raises(train.UserError, match='rebuild'):
+    train.load_data(c)

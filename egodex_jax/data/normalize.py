@@ -2,8 +2,14 @@
 
 The builder streams every training window through `StatsAccumulator` (sums for mean/std, a fixed
 size row reservoir for the percentiles, so memory does not grow with the dataset) and saves the
-result as `norm_stats.json`. `Normalizer` turns canonical metres into the model's space and back;
-its methods are plain array arithmetic, so they run on NumPy arrays and inside `jax.jit` alike.
+result as `norm_stats.json`: `actions` (future rows), `state` (row 0) and `delta` (future rows
+minus row 0). `Normalizer` turns canonical metres into the model's space and back; its methods
+are plain array arithmetic, so they run on NumPy arrays and inside `jax.jit` alike.
+
+Action representations (`data.action_repr`): 'absolute' normalises the chunk itself; 'relative'
+(UMI style, as the EgoDex paper: relative to the chunk's first action, i.e. the current state)
+normalises `actions - state[..., None, :]` with the `delta` statistics, and de-normalisation adds
+the state back, so the evaluator always scores the absolute chunk in metres.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ RESERVOIR_ROWS = 100_000  # percentiles from at most this many rows (exact below
 MIN_RANGE = 1e-4  # metres: dims whose 1..99th percentile range is narrower are only shifted
 MIN_STD = 1e-4
 KINDS = ("minmax", "meanstd")
+ACTION_REPRS = ("absolute", "relative")
 
 
 class StatsAccumulator:
@@ -94,14 +101,26 @@ class Normalizer:
 
   'minmax' maps the 1st..99th percentile range to [-1, 1] (X-IL style, no clipping so that it
   stays invertible); 'meanstd' standardises. Narrow dimensions get a guarded range/std.
+  With action_repr='relative' the actions are first made relative to the state (and the
+  `delta` statistics are used), so `normalize_actions` / `denormalize_actions` need the
+  canonical state.
   """
 
-  def __init__(self, stats: Mapping[str, Any], kind: str = "minmax"):
+  def __init__(self, stats: Mapping[str, Any], kind: str = "minmax",
+               action_repr: str = "absolute"):
     if kind not in KINDS:
       raise ValueError(f"normaliser kind must be one of {KINDS}, got {kind!r}")
+    if action_repr not in ACTION_REPRS:
+      raise ValueError(f"action_repr must be one of {ACTION_REPRS}, got {action_repr!r}")
+    key = "delta" if action_repr == "relative" else "actions"
+    if key not in stats:
+      raise ValueError(f"the normalisation statistics lack '{key}' (needed by action_repr="
+                       f"{action_repr!r}): the dataset was built by an older builder; rebuild it")
     self.kind = kind
+    self.action_repr = action_repr
+    self.relative = action_repr == "relative"
     self._state = self._affine(stats["state"], kind)
-    self._actions = self._affine(stats["actions"], kind)
+    self._actions = self._affine(stats[key], kind)
 
   @staticmethod
   def _affine(s: Mapping[str, Any], kind: str) -> tuple[np.ndarray, np.ndarray]:
@@ -119,10 +138,22 @@ class Normalizer:
     offset, scale = self._state
     return (x - offset) * scale
 
-  def normalize_actions(self, x):
+  def _state_rows(self, state):
+    if state is None:
+      raise ValueError("action_repr='relative' needs the canonical state to (de)normalise actions")
+    return state[..., None, :]  # [..., 48] -> [..., 1, 48]: one state per chunk
+
+  # Actions are chunks [..., H, 48]; `state` [..., 48] (canonical metres) matches the leading dims
+  # (or broadcasts to them) and is only read with action_repr='relative'.
+  def normalize_actions(self, x, state=None):
     offset, scale = self._actions
+    if self.relative:
+      x = x - self._state_rows(state)
     return (x - offset) * scale
 
-  def denormalize_actions(self, x):
+  def denormalize_actions(self, x, state=None):
     offset, scale = self._actions
-    return x / scale + offset
+    x = x / scale + offset
+    if self.relative:
+      x = x + self._state_rows(state)
+    return x

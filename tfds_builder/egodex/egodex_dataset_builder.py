@@ -380,8 +380,8 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     self._episodes: dict[str, list[dict[str, Any]]] = {}
     # Statistics come from train; a tree with no train episodes falls back to its first split.
     self._stats_split = "train" if "train" in self._plans else next(iter(self._plans))
-    self._stats = {"actions": normalize.StatsAccumulator(skeleton.ACTION_DIM),
-                   "state": normalize.StatsAccumulator(skeleton.ACTION_DIM)}
+    self._stats = {k: normalize.StatsAccumulator(skeleton.ACTION_DIM)
+                   for k in ("actions", "state", "delta")}
     return {split: self._generate_examples(split) for split in self._plans}
 
   def _skip(self, pair: tuple[str, str], reason: str) -> None:
@@ -436,8 +436,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
              "instruction_id": np.int32(instruction_id[info["instruction"]])}
       for rec in _read_spill(result["spill"]):
         if split == self._stats_split:
-          self._stats["state"].add(rec["window"][0])
-          self._stats["actions"].add(rec["window"][1:1 + int(rec["num_future"])])
+          self._add_stats(rec)
         rec.update(ids)
         yield index * self._key_stride, rec
         index += 1
@@ -462,6 +461,15 @@ class Builder(tfds.core.GeneratorBasedBuilder):
       self._stats_from_shards(os.fspath(self.data_dir))
     self._write_side_files(os.fspath(self.data_dir))
 
+  def _add_stats(self, rec: dict) -> None:
+    """Row 0 is the state, rows 1..num_future the (unpadded) future actions; `delta` feeds the
+    state-relative action representation (normalize.Normalizer(action_repr='relative'))."""
+    window = rec["window"]
+    future = window[1:1 + int(rec["num_future"])]
+    self._stats["state"].add(window[0])
+    self._stats["actions"].add(future)
+    self._stats["delta"].add(future - window[:1])
+
   def _stats_from_shards(self, out_dir: str) -> None:
     from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
     paths = sorted(glob.glob(os.path.join(out_dir, f"{self.name}-{self._stats_split}."
@@ -470,8 +478,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
     features = self.info.features
     for i in range(len(source)):
       rec = features.deserialize_example_np(source[i], decoders=None)
-      self._stats["state"].add(rec["window"][0])
-      self._stats["actions"].add(rec["window"][1:1 + int(rec["num_future"])])
+      self._add_stats(rec)
 
   def _write_side_files(self, out_dir: str) -> None:
     cfg = self.builder_config
