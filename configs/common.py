@@ -106,8 +106,9 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
     c.optim.end_factor = 0.1
     c.optim.weight_decay = 0.0
     c.optim.ema_decay = 0.99
-    # Measured (relative actions, 1.66M parameters): ~6 min CPU time in all, the loss falls from
-    # ~0.7 to ~0.13; ~600 steps are what beats the static baseline at every K with a margin.
+    # Measured on a near-idle 2-core CPU (relative actions, 1.66M parameters): 5:00 wall, 8 min
+    # CPU time, 1.2 GB peak RSS (data 17 s, 600 steps 222 s, evaluation 33 s); the loss falls
+    # from 0.67 (step 50) to 0.07, and the model beats the static baseline at every K.
     c.train.num_steps = 600
     c.train.log_every = 50
     c.train.save_every = 300
