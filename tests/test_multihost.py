@@ -44,5 +44,6 @@ def test_two_processes_train_in_lockstep_and_write_one_checkpoint(tiny_data, tmp
   assert [r['loss'] for r in main] == [r['loss'] for r in other]
   ckpts = os.path.join(wd, 'checkpoints')
   assert sorted(os.listdir(ckpts)) == ['4', '6']
-  assert sorted(os.listdir(os.path.join(ckpts, '6', 'data'))) == [
+  # one iterator-state file per process (orbax may add its own commit marker beside them)
+  assert sorted(f for f in os.listdir(os.path.join(ckpts, '6', 'data')) if f.endswith('.json')) == [
       'process_0-of-2.json', 'process_1-of-2.json']
