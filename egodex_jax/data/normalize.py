@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from egodex_jax.data import batch as batch_lib
+
 RESERVOIR_ROWS = 100_000  # percentiles from at most this many rows (exact below it)
 MIN_RANGE = 1e-4  # metres: dims whose 1..99th percentile range is narrower are only shifted
 MIN_STD = 1e-4
@@ -157,3 +159,23 @@ class Normalizer:
     if self.relative:
       x = x + self._state_rows(state)
     return x
+
+  # The one normalise / de-normalise pair of training, evaluation and inference
+  # (keys: data/batch.py). Canonical metres in, the policy's space out, and back.
+  def normalize_obs(self, batch):
+    """The observation keys of `batch`, the state normalised (no ground truth is passed)."""
+    obs = batch_lib.select(batch, batch_lib.OBS_KEYS)
+    obs["state"] = self.normalize_state(batch["state"])
+    return obs
+
+  def normalize_batch(self, batch):
+    """The train step's keys of `batch`: observation and actions normalised, padding as is."""
+    out = self.normalize_obs(batch)
+    out["actions"] = self.normalize_actions(batch["actions"], state=batch["state"])
+    if "padding" in batch:
+      out["padding"] = batch["padding"]
+    return out
+
+  def denormalize_samples(self, samples, state):
+    """Samples [K, B, H, 48] in the policy's space -> canonical metres; state [B, 48] metres."""
+    return self.denormalize_actions(samples, state=state[None])
