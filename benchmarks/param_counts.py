@@ -10,10 +10,13 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from egodex_jax.models import policies  # noqa: E402
+from egodex_jax.data import batch as batch_lib
+from egodex_jax.models import backbones, heads
+from egodex_jax.models import config as config_lib
+from egodex_jax.models import policy as policy_lib
+from egodex_jax.models.network import PolicyNet  # noqa: E402
 
 IMAGE_SIZE = {"tiny": 32, "demo": 64, "paper": 224, "large": 224}
 
@@ -22,23 +25,23 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--horizon", type=int, default=60)
   parser.add_argument("--goal", action="store_true", help="goal-conditioned variant")
-  parser.add_argument("--presets", default=",".join(policies.PRESETS))
+  parser.add_argument("--presets", default=",".join(config_lib.PRESETS))
   args = parser.parse_args()
   presets = args.presets.split(",")
-  unknown = [p for p in presets if p not in policies.PRESETS]
+  unknown = [p for p in presets if p not in config_lib.PRESETS]
   if unknown:
-    print(f"param_counts.py: unknown preset(s) {unknown}; known: {list(policies.PRESETS)}",
+    print(f"param_counts.py: unknown preset(s) {unknown}; known: {list(config_lib.PRESETS)}",
           file=sys.stderr)
     sys.exit(2)
   print(f"Parameters (H = {args.horizon}, goal = {args.goal}, one image token, learned language)\n")
-  print("| preset | image | " + " | ".join(f"{b} + {h}" for b in policies.BACKBONES
-                                          for h in policies.HEADS) + " |")
-  print("|---|---|" + "---|" * (len(policies.BACKBONES) * len(policies.HEADS)))
+  print("| preset | image | " + " | ".join(f"{b} + {h}" for b in backbones.BACKBONES.names()
+                                          for h in heads.HEADS.names()) + " |")
+  print("|---|---|" + "---|" * (len(backbones.BACKBONES.names()) * len(heads.HEADS.names())))
   for size in presets:
     cells = []
-    for backbone in policies.BACKBONES:
-      for head in policies.HEADS:
-        n = policies.param_count(policies.model_config(size, backbone=backbone, head=head),
+    for backbone in backbones.BACKBONES.names():
+      for head in heads.HEADS.names():
+        n = policy_lib.param_count(config_lib.model_config(size, backbone=backbone, head=head),
                                  horizon=args.horizon, image_size=IMAGE_SIZE[size], goal=args.goal)
         cells.append(f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K")
     print(f"| {size} | {IMAGE_SIZE[size]} px | " + " | ".join(cells) + " |", flush=True)

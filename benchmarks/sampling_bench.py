@@ -31,17 +31,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # pylint: disable=g-import-not-at-top
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egodex_jax.models import policies
+from egodex_jax.data import batch as batch_lib
+from egodex_jax.models import backbones, heads
+from egodex_jax.models import config as config_lib
+from egodex_jax.models import policy as policy_lib
+from egodex_jax.models.network import PolicyNet
 
 MID = dict(emb_dim=320, num_heads=5, num_layers=6, enc_layers=3, dec_layers=3, dropout=0.0)
 
@@ -59,10 +59,10 @@ def _best(fn, args, repeats):
 
 def bench(backbone, *, batch, image_size, horizon, k, repeats, jit_naive=False,
           same_batch_floor=True):
-  cfg = policies.model_config("paper", backbone=backbone, head="fm", **MID)
-  policy = policies.make_policy(cfg, horizon=horizon, instructions=["pick up the cup"])
+  cfg = config_lib.model_config("paper", backbone=backbone, head="fm", **MID)
+  policy = policy_lib.make_policy(cfg, horizon=horizon, instructions=["pick up the cup"])
   rng = np.random.default_rng(0)
-  data = policies.dummy_batch(batch_size=batch, horizon=horizon, image_size=image_size)
+  data = batch_lib.dummy_batch(batch_size=batch, horizon=horizon, image_size=image_size)
   data["image"] = rng.integers(0, 255, data["image"].shape, dtype=np.uint8)
   data["state"] = rng.normal(size=data["state"].shape).astype(np.float32)
   # Random params of the right shapes: compiling `policy.init` is beside the point here.
@@ -90,7 +90,7 @@ def bench(backbone, *, batch, image_size, horizon, k, repeats, jit_naive=False,
     return run
 
   full = jax.jit(lambda params, inputs, x, t: policy.net.apply(
-      {"params": params}, inputs, x, t, method=policies.PolicyNet.full))
+      {"params": params}, inputs, x, t, method=PolicyNet.full))
   inputs_k = jax.tree.map(lambda x: jnp.concatenate([x] * k), policy.inputs(data))
   x_k = jax.random.normal(key, (k * batch, horizon, 48), jnp.float32)
   t_k = jnp.full((k * batch,), 0.5, jnp.float32)
@@ -111,7 +111,7 @@ def bench(backbone, *, batch, image_size, horizon, k, repeats, jit_naive=False,
       inputs = policy.repeat_obs(policy.inputs(batch), k)
       def predict(x_t, t):
         inp, x_t = jax.lax.optimization_barrier((inputs, x_t))  # inputs now vary per step
-        return policy.net.apply({"params": params}, inp, x_t, t, method=policies.PolicyNet.full)
+        return policy.net.apply({"params": params}, inp, x_t, t, method=PolicyNet.full)
       return policy.head.sample(predict, (k * batch["image"].shape[0], horizon, 48), rng)
     t_bj = _best(jax.jit(naive_barrier), (params, data, key), repeats)
     naive = jax.jit(lambda params, data, rng: policy.sample_naive(params, data, rng, k))

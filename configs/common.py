@@ -1,63 +1,80 @@
-"""Shared config for every model (big_vision style): `get_config(arg)` with a comma-separated arg.
+"""The config of every model (big_vision style): `get_config(arg)`, arg a comma-separated list.
 
   python -m egodex_jax.main --config=configs/fm_encdec.py:demo --workdir=workdirs/demo
-  python -m egodex_jax.main --config=configs/bc_dec.py:h=30,goal,size=large,frac=0.1 --workdir=...
+  python -m egodex_jax.main --config=configs/egodex.py:head=bc,backbone=dec,h=30,goal --workdir=...
 
-arg keys: `demo` (synthetic data, small model, a few minutes on a CPU), `h=30|60|90` (horizon),
-`goal` (inverse dynamics: the frame at t+H as a goal image), `size=tiny|demo|paper|large`,
-`frac=F` (fraction of the training episodes), `fsdp=N` (mesh), `steps=N`, `bs=N`.
+arg keys (typed from their defaults; a bare key sets a bool): `demo` (synthetic data, a small
+model, a few minutes on a CPU), `head=bc|ddpm|fm|...` and `backbone=dec|encdec` (any registered
+name), `h=30|60|90` (horizon; default 60, 30 with `demo`), `goal` (the frame at t+H as a goal image), `size=tiny|demo|paper|
+large` (default: paper, or demo with `demo`), `frac=F` (fraction of the training episodes),
+`fsdp=N` (mesh), `steps=N`, `bs=N` (global batch).
 Defaults are the paper's: 224 px, H=60, ~200M parameters, batch 2048, 50K steps, AdamW 1e-4,
 16 sampling steps, EMA 0.995, min-max normalisation.
 """
+
+from __future__ import annotations
 
 import os
 
 import ml_collections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ARG_KEYS = ('demo', 'h', 'goal', 'size', 'frac', 'fsdp', 'steps', 'bs')
 
 
-def parse_arg(arg):
-  """'demo,h=30,goal' -> {'demo': True, 'h': '30', 'goal': True}; unknown keys are an error."""
-  out = {}
+def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
+  """big_vision's parse_arg: 'demo,h=30' with spec demo=False, h=60 -> {demo: True, h: 30}.
+
+  Values are cast to the type of their default; a bare key means True (bools only); unknown keys
+  and bad values are errors naming the key.
+  """
+  out = ml_collections.ConfigDict(dict(spec))
   for token in (arg or '').split(','):
     token = token.strip()
     if not token:
       continue
-    key, _, value = token.partition('=')
-    if key not in ARG_KEYS:
-      raise ValueError(f'config arg {token!r}: unknown key {key!r} (known: {", ".join(ARG_KEYS)}).')
-    out[key] = value if value else True
+    key, eq, value = token.partition('=')
+    if key not in spec:
+      raise ValueError(f'config arg {token!r}: unknown key {key!r} (known: {", ".join(spec)}).')
+    default = spec[key]
+    if isinstance(default, bool):
+      if eq and value.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(f'config arg {token!r}: {key} is a flag (true/false).')
+      out[key] = (not eq) or value.lower() in ('true', '1')
+    elif not eq:
+      raise ValueError(f'config arg {token!r}: {key} needs a value ({key}=...).')
+    else:
+      try:
+        out[key] = type(default)(value)
+      except ValueError:
+        raise ValueError(f'config arg {token!r}: {key} must be a {type(default).__name__}.'
+                         ) from None
   return out
 
 
 def get_config(arg=None, *, head='fm', backbone='encdec'):
-  a = parse_arg(arg)
+  from egodex_jax.models import config as model_config
+  a = parse_arg(arg, demo=False, head=head, backbone=backbone, h=0, goal=False, size='',
+                frac=1.0, fsdp=1, steps=0, bs=0)
   c = ml_collections.ConfigDict()
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = os.path.join(REPO, 'data', 'egodex')   # built by `python -m tfds_builder.egodex`
-  c.data.raw_dir = ''            # demo only: where the synthetic raw episodes are written
-  c.data.synthetic = False       # True: generate + build data_dir when it is missing (the demo)
-  c.data.num_episodes = 80       # synthetic only
-  c.data.synthetic_seed = 0
-  c.data.raw_width, c.data.raw_height = 160, 120   # synthetic only: raw video size
-  c.data.min_frames, c.data.max_frames = 90, 240   # synthetic only: episode lengths
-  c.data.image_size = 224        # synthetic only: the size the builder stores (real data: as built)
-  c.data.max_horizon = 90        # synthetic only: future frames the builder stores
-  c.data.horizon = 60
-  c.data.goal = False
-  c.data.batch_size = 2048       # global, over all devices and processes
-  c.data.data_fraction = 1.0
+  c.data.horizon = a.h or (30 if a.demo else 60)  # frames; 30 (1 s) fits the demo's episodes
+  c.data.goal = a.goal
+  c.data.batch_size = a.bs or 2048  # global, over all devices and processes
+  c.data.data_fraction = a.frac
   c.data.worker_count = 0        # Grain worker processes per host (0: in the main process)
   c.data.normalization = 'minmax'
   # 'relative': the policy sees actions - state (the chunk relative to its first action, UMI style
   # as the paper); 'absolute': the chunk itself. Either way the evaluator scores absolute metres.
   c.data.action_repr = 'relative'
 
-  c.model = ml_collections.ConfigDict(dict(size='paper', backbone=backbone, head=head))
+  # Every field of the model (models/config.py), filled from the size preset; the size itself is
+  # chosen by the arg only, since changing it later would not refill the other fields.
+  size = a.size or ('demo' if a.demo else 'paper')
+  c.model = model_config.model_config(size, backbone=a.backbone, head=a.head)
+  del c.model['size']
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -70,14 +87,13 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
   c.optim.ema_decay = 0.995      # X-IL; the EMA params are the ones evaluated
 
   c.train = ml_collections.ConfigDict()
-  c.train.num_steps = 50_000
+  c.train.num_steps = a.steps or 50_000
   c.train.log_every = 50
   c.train.save_every = 1000
   c.train.keep = 3
   c.train.eval_every = 5000      # 0: only at the end
   c.train.async_checkpoint = True
   c.train.log_all_processes = False  # also write metrics.process<i>.jsonl on processes > 0
-  c.train.inject_nan_at_step = -1  # debug: the loss (and gradients) of this step become NaN
 
   c.eval = ml_collections.ConfigDict()
   c.eval.ks = (1, 5, 10)
@@ -86,50 +102,32 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
   c.eval.final_num_batches = -1  # --mode=eval and the end of training: -1 = the whole test split
   c.eval.split = 'test'
 
-  c.mesh = ml_collections.ConfigDict(dict(fsdp=1, min_shard_size=2**14))
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=a.fsdp, min_shard_size=2**14))
 
-  if a.get('demo'):  # sized for ~5 minutes on a 2-core CPU, data generation included
-    c.data.synthetic = True
-    # data/demo/raw (synthetic episodes) and data/demo/egodex/<config>/<version> (the build).
-    c.data.data_dir = os.path.join(REPO, 'data', 'demo')
-    c.data.raw_dir = os.path.join(REPO, 'data', 'demo', 'raw')
-    c.data.num_episodes = 40
-    c.data.min_frames, c.data.max_frames = 60, 120
-    c.data.image_size = 64
-    c.data.max_horizon = 30
-    c.data.horizon = 30          # 1 s, one of the paper's horizons (30/60/90); fits 60-120 frames
-    c.data.batch_size = 32
-    c.model.size = 'demo'
+  # The demo's own data: synthetic episodes generated and built into data.data_dir when it holds
+  # no dataset yet (egodex_jax/demo.py). Off unless `demo`.
+  c.demo = ml_collections.ConfigDict(dict(
+      enabled=False, raw_dir=os.path.join(REPO, 'data', 'demo', 'raw'), num_episodes=40,
+      seed=0, raw_width=160, raw_height=120, min_frames=60, max_frames=120, image_size=64,
+      max_horizon=30))
+
+  if a.demo:  # sized for ~5 minutes on a 2-core CPU, data generation included
+    c.demo.enabled = True
+    c.data.data_dir = os.path.join(REPO, 'data', 'demo')  # the build: data/demo/egodex/<cfg>/<v>
+    c.data.batch_size = a.bs or 32
     c.optim.lr = 1e-3
     c.optim.warmup_steps = 50
     c.optim.schedule = 'cosine'
     c.optim.end_factor = 0.1
     c.optim.weight_decay = 0.0
     c.optim.ema_decay = 0.99
-    # Measured on a near-idle 2-core CPU (relative actions, 1.66M parameters): 5:00 wall, 8 min
-    # CPU time, 1.2 GB peak RSS (data 17 s, 600 steps 222 s, evaluation 33 s); the loss falls
-    # from 0.67 (step 50) to 0.07, and the model beats the static baseline at every K.
-    c.train.num_steps = 600
+    c.train.num_steps = a.steps or 600
     c.train.log_every = 50
     c.train.save_every = 300
     c.train.eval_every = 0       # no periodic evaluation: one evaluator compile, at the end
-    # 128 test frames spread evenly over the ~360 of the test split (~85 of them unpadded), K up
-    # to 10 with the paper's 16 sampling steps; one batch shape, so one compile.
+    # 128 test frames spread evenly over the test split, K up to 10 with the paper's 16
+    # sampling steps; one batch shape, so one compile.
     c.eval.batch_size = 64
     c.eval.num_batches = 2
     c.eval.final_num_batches = 2
-  if 'h' in a:
-    c.data.horizon = int(a['h'])
-  if a.get('goal'):
-    c.data.goal = True
-  if 'size' in a:
-    c.model.size = a['size']
-  if 'frac' in a:
-    c.data.data_fraction = float(a['frac'])
-  if 'fsdp' in a:
-    c.mesh.fsdp = int(a['fsdp'])
-  if 'steps' in a:
-    c.train.num_steps = int(a['steps'])
-  if 'bs' in a:
-    c.data.batch_size = int(a['bs'])
   return c

@@ -4,7 +4,8 @@ One step directory holds four items:
   state/       TrainState (step, params, opt_state, ema_params, rng), sharded arrays (OCDBT)
   data/        the data iterator's state, one JSON file per process (process_<i>-of-<n>.json)
   config/      the run's ConfigDict as JSON
-  norm_stats/  the normalisation statistics the model was trained with
+  normalizer/  the normaliser the model was trained with (statistics, kind, action
+               representation) and the dataset signature it must match
 Saved every `save_every` steps, at the end and on SIGTERM; the newest `keep` are kept.
 """
 
@@ -86,7 +87,7 @@ def make_manager(workdir: str, *, save_every: int, keep: int,
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, data_iter=None,
-         config_json: str | None = None, norm_stats: dict | None = None,
+         config_json: str | None = None, normalizer: dict | None = None,
          force: bool = False) -> bool:
   """Saves at `step` if the manager's interval says so (or `force`); returns whether it saved."""
   items = {'state': ocp.args.StandardSave(state)}
@@ -94,8 +95,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, data_iter=None,
     items['data'] = IteratorSave(data_iter)
   if config_json is not None:
     items['config'] = ocp.args.JsonSave(json.loads(config_json))
-  if norm_stats is not None:
-    items['norm_stats'] = ocp.args.JsonSave(norm_stats)
+  if normalizer is not None:
+    items['normalizer'] = ocp.args.JsonSave(normalizer)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -116,7 +117,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state, *, data_iter=None,
 
 
 def restore_json(manager: ocp.CheckpointManager, name: str, step: int | None = None):
-  """The saved config or norm_stats (a dict) of `step` (the latest by default), None if absent."""
+  """The saved config or normalizer (a dict) of `step` (the latest by default), None if absent."""
   step = manager.latest_step() if step is None else step
   if step is None:
     return None

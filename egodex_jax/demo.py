@@ -1,10 +1,11 @@
 """Demo data: synthetic EgoDex episodes, built into the same ArrayRecord dataset real data gives.
 
-`ensure_dataset(config)` runs when `config.data.synthetic` is set (the `:demo` config arg) and
-`config.data.data_dir` holds no built dataset: it writes `config.data.num_episodes` synthetic
-episodes (hdf5 + mp4, `egodex_jax.data.synthetic`) to `config.data.raw_dir`, then builds them with
-the builder's own entry point (`python -m tfds_builder.egodex`), so the demo trains on exactly the
-path real data takes. Later runs find the dataset and skip both steps.
+`ensure_dataset(config)` runs from main.py when `config.demo.enabled` is set (the `:demo` config
+arg) and `config.data.data_dir` holds no built dataset: it writes `config.demo.num_episodes`
+synthetic episodes (hdf5 + mp4, `egodex_jax.data.synthetic`) to `config.demo.raw_dir`, then builds
+them with the builder's own entry point (`python -m tfds_builder.egodex`), so the demo trains on
+exactly the path real data takes. Later runs find the dataset and skip both steps. It sits above
+training and the builder (imports both), so neither imports the other.
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ def make_dataset(config) -> str:
   """Generates (if needed) and builds the synthetic dataset; returns the data_dir."""
   from egodex_jax.data import synthetic
   from tfds_builder.egodex import __main__ as builder_cli
-  d = config.data
-  data_dir, raw_dir = os.path.abspath(d.data_dir), os.path.abspath(d.raw_dir)
+  d = config.demo
+  data_dir, raw_dir = os.path.abspath(config.data.data_dir), os.path.abspath(d.raw_dir)
   t0 = time.perf_counter()
   if not _has_episodes(raw_dir, d.num_episodes):
     print(f'Demo: writing {d.num_episodes} synthetic EgoDex episodes ({d.raw_width}x'
           f'{d.raw_height} video) to {raw_dir} ...', flush=True)
-    synthetic.generate(raw_dir, d.num_episodes, seed=d.synthetic_seed, width=d.raw_width,
+    synthetic.generate(raw_dir, d.num_episodes, seed=d.seed, width=d.raw_width,
                        height=d.raw_height, min_frames=d.min_frames, max_frames=d.max_frames)
   t1 = time.perf_counter()
   print(f'Demo: building the ArrayRecord dataset ({d.image_size} px, {d.max_horizon} future '
@@ -61,7 +62,7 @@ def make_dataset(config) -> str:
 def ensure_dataset(config) -> str:
   """Makes the demo dataset once: process 0 builds, the other processes wait for it."""
   data_dir = os.path.abspath(config.data.data_dir)
-  if _built(data_dir):
+  if not config.demo.enabled or _built(data_dir):
     return data_dir
   if jax.process_index() == 0:
     make_dataset(config)

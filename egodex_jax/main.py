@@ -50,7 +50,7 @@ def _init_distributed():
 
 def _fast_cpu_rng():
   import jax
-  # XLA:CPU takes ~20 s to compile the partitionable threefry for each new random shape (the
+  # XLA:CPU takes many seconds to compile the partitionable threefry for each new random shape (the
   # default since jax 0.5), which dominates a CPU run's start-up; the classic threefry compiles
   # in well under a second. Accelerators keep the partitionable one (it shards without gathers).
   if jax.default_backend() == 'cpu':
@@ -58,8 +58,9 @@ def _fast_cpu_rng():
 
 
 def run(config, workdir: str, mode: str) -> dict:
-  from egodex_jax import train
+  from egodex_jax import demo, train
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  demo.ensure_dataset(config)  # the demo's synthetic data, made once; nothing otherwise
   if mode == 'train':
     return train.train(config, workdir)
   return train.evaluate_checkpoint(config, workdir)
@@ -94,7 +95,8 @@ def _fail(message: str):
 
 
 def _one_line(e: BaseException) -> str:
-  text = ' '.join(str(e).split())
+  from egodex_jax import cli
+  text = cli.one_line(e)
   return text if len(text) < 400 else text[:400] + '...'
 
 

@@ -55,8 +55,8 @@ class MetricWriter:
     now = time.perf_counter()
     last_step, last_t = self._last
     record = {'step': int(step)}
+    dt = max(now - last_t, 1e-9)
     if not prefix:
-      dt = max(now - last_t, 1e-9)
       steps_per_s = (step - last_step) / dt if step > last_step else 0.0
       record.update(steps_per_s=steps_per_s, samples_per_s=steps_per_s * self.batch_size)
       self._last = (step, now)
@@ -75,6 +75,8 @@ class MetricWriter:
       line = (f'step {step:>6d}/{self.total_steps}  loss {record.get("loss", float("nan")):.4f}  '
               f'{sps:6.2f} steps/s  {record["samples_per_s"]:8.1f} samples/s  '
               f'ETA {_fmt_duration(eta) if np.isfinite(eta) else "?"}')
+      if 'data_wait_s' in record:  # an input-bound run shows here
+        line += f'  data wait {100 * min(record["data_wait_s"] / dt, 1.0):3.0f}%'
       print(line, file=self.stream, flush=True)
     return record
 

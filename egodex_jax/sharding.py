@@ -28,7 +28,7 @@ def make_mesh(fsdp: int = 1, devices=None) -> Mesh:
     grid = mesh_utils.create_device_mesh(shape, devices=devices)
   except (ValueError, AssertionError, NotImplementedError):
     grid = np.asarray(devices).reshape(shape)  # CPU / odd topologies: plain order is fine
-  # Mesh(...) keeps Auto axis types (jax.make_mesh would default to Explicit, see design.md).
+  # Mesh(...) keeps Auto axis types (jax.make_mesh would default to Explicit, see docs/stack_notes.md).
   return Mesh(grid, AXES)
 
 

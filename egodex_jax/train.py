@@ -1,29 +1,29 @@
-"""Training: optimiser, state, the jitted sharded step, and the loop (read top to bottom).
+"""Training, read top to bottom: data, normaliser, model, optimiser, state, the step, the loop.
 
 Workdir layout (`--workdir=DIR`):
   DIR/config.json             the resolved config of the latest start (also inside each checkpoint)
   DIR/metrics.jsonl           one JSON object per logged step: step, loss, lr, grad_norm,
-                              steps_per_s, samples_per_s (+ the policy's own metrics); evaluation
-                              rows carry `eval/...` keys (Best-of-K figures, metres)
+                              steps_per_s, samples_per_s, data_wait_s (+ the policy's metrics);
+                              evaluation rows carry `eval/...` keys (Best-of-K figures, metres)
   DIR/tensorboard/            TensorBoard event files of the same scalars (tensorboardX, no TF)
   DIR/loss.png                the training-loss curve, drawn at the end of a run
   DIR/checkpoints/<step>/     orbax: state/ (step, params, opt_state, ema_params, rng), data/ (the
-                              Grain iterator, one JSON per process), config/, norm_stats/
+                              Grain iterator, one JSON per process), config/, normalizer/
   DIR/eval_results.json, .md  Best-of-K of the EMA params on the test split (end of training,
-                              or --mode=eval), written by egodex_jax.evaluate.write_results
-A run started on a workdir that holds a checkpoint resumes from its latest step; SIGTERM saves a
-checkpoint and exits cleanly; a NaN/inf loss stops the run, naming the step (the last good
-checkpoint stays).
+                              or --mode=eval), written by egodex_jax.evaluate
+A run started on a workdir that holds a checkpoint resumes from its latest step, with the
+normaliser stored in the checkpoint; SIGTERM saves a checkpoint and exits cleanly; a NaN/inf
+loss stops the run, naming the step (the last good checkpoint stays).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
 import os
 import signal
 import time
-from typing import Any, Callable
+from typing import Any
 
 import flax
 import jax
@@ -32,11 +32,17 @@ import numpy as np
 import optax
 
 from egodex_jax import checkpoint as ckpt_lib
+from egodex_jax import evaluate
 from egodex_jax import metrics as metrics_lib
 from egodex_jax import sharding as sharding_lib
+from egodex_jax.data import batch as batch_lib
+from egodex_jax.data import normalize
+from egodex_jax.data import pipeline
+from egodex_jax.models import policy as policy_lib
 
-# The batch keys the policy reads (docs/interfaces.md); the rest stays on the host.
-POLICY_KEYS = ('image', 'goal_image', 'state', 'actions', 'padding', 'instruction_id')
+
+class UserError(Exception):
+  """Bad input a user can fix: printed as one line, exit status 1, no traceback."""
 
 
 class TrainingError(RuntimeError):
@@ -52,22 +58,7 @@ class TrainState:
   rng: jax.Array           # [2] uint32; the step's key is fold_in(rng, step), so resuming is exact
 
 
-# ----------------------------------------------------------------------------- data and model
-
-class UserError(Exception):
-  """Bad input a user can fix: printed as one line, exit status 1, no traceback."""
-
-
-@dataclasses.dataclass
-class Data:
-  """What the model and the loops need to know about the dataset on disk."""
-  data_dir: str
-  meta: Any
-  instructions: list
-  tasks: list
-  norm_stats: dict
-  normalizer: Any
-
+# ----------------------------------------------------------------------------- data
 
 def missing_dataset_message(data_dir: str) -> str:
   return (f'No EgoDex dataset at {data_dir} (looked for {data_dir}/egodex/<config>/<version>/'
@@ -77,87 +68,78 @@ def missing_dataset_message(data_dir: str) -> str:
           '`python -m egodex_jax.main --config=configs/fm_encdec.py:demo --workdir=workdirs/demo`.')
 
 
-def load_data(config) -> Data:
-  from egodex_jax.data import normalize, pipeline
+def load_meta(config) -> pipeline.DatasetMeta:
+  """The built dataset's metadata; a missing or unusable dataset is a one-sentence UserError."""
   data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
-  if config.data.synthetic:
-    from egodex_jax import demo
-    demo.ensure_dataset(config)
   try:
     meta = pipeline.load_metadata(data_dir)
   except FileNotFoundError:
     raise UserError(missing_dataset_message(data_dir)) from None
-  if meta.norm_stats is None:
-    raise UserError(f'{meta.data_dir}: norm_stats.json is missing (the build did not finish; '
-                    'rebuild the dataset).')
   if config.data.horizon > meta.max_horizon:
     raise UserError(f'data.horizon={config.data.horizon} exceeds the {meta.max_horizon} future '
                     f'frames stored in {meta.data_dir}.')
-  return Data(data_dir=meta.data_dir, meta=meta, instructions=list(meta.instructions),
-              tasks=list(meta.tasks), norm_stats=meta.norm_stats,
-              normalizer=_normalizer(meta, config))
+  return meta
 
 
-def _normalizer(meta, config):
-  from egodex_jax.data import normalize
+def fit_normalizer(config, meta) -> normalize.Normalizer:
+  """Statistics of exactly what this run trains on: its episodes (data_fraction), rows 1..H."""
+  stats = normalize.horizon_stats(
+      pipeline.read_windows(meta, 'train', data_fraction=config.data.data_fraction),
+      config.data.horizon)
   try:
-    return normalize.Normalizer(meta.norm_stats, config.data.normalization,
-                                config.data.get('action_repr', 'absolute'))
+    return normalize.Normalizer(stats, config.data.normalization, config.data.action_repr)
   except ValueError as e:
-    raise UserError(f'{meta.data_dir}/norm_stats.json: {e}.') from None
+    raise UserError(f'{meta.data_dir}: {e}.') from None
 
 
-def make_policy(config, data: Data):
-  from egodex_jax.models import policies
-  return policies.make_policy(config.model, horizon=config.data.horizon,
-                              instructions=data.instructions, goal=config.data.goal)
+def dataset_signature(config, meta) -> dict:
+  """What a checkpoint must agree on with the dataset it is resumed or evaluated on."""
+  return dict(instructions=list(meta.instructions), tasks=list(meta.tasks),
+              horizon=int(config.data.horizon), normalization=config.data.normalization,
+              action_repr=config.data.action_repr)
 
 
-def _dataset(config, data: Data, split: str, batch_size: int, *, shuffle: bool, seed: int,
+def check_signature(saved: dict | None, now: dict, workdir: str) -> None:
+  """A checkpoint used with another representation, horizon or vocabulary is refused by name."""
+  for key, value in now.items():
+    if saved is None or key not in saved or saved[key] == value:
+      continue
+    if isinstance(value, list):
+      raise UserError(f'{workdir} was trained on a dataset with other {key} ({len(saved[key])} '
+                      f'vs {len(value)} now); evaluate or resume it on the dataset it was '
+                      'trained on, or use a new workdir.')
+    raise UserError(f'{workdir} was trained with data.{key}={saved[key]!r}, today\'s config says '
+                    f'{value!r}: pass --config.data.{key}={saved[key]!r} or use a new workdir.')
+
+
+def _dataset(config, meta, split: str, batch_size: int, *, shuffle: bool, seed: int,
              sharded: bool, **kw):
-  import jax
-  from egodex_jax.data import pipeline
   return pipeline.make_dataset(
-      data.data_dir, split, batch_size=batch_size, horizon=config.data.horizon,
-      goal=config.data.goal, seed=seed, shuffle=shuffle, meta=data.meta,
+      meta.data_dir, split, batch_size=batch_size, horizon=config.data.horizon,
+      goal=config.data.goal, seed=seed, shuffle=shuffle, meta=meta,
       shard_index=jax.process_index() if sharded else 0,
       shard_count=jax.process_count() if sharded else 1, **kw)
 
 
-def make_train_iter(config, data: Data, local_batch_size: int):
+def make_train_iter(config, meta, local_batch_size: int):
   """This process's shard of the (shuffled, repeating) training split: a checkpointable iterator."""
-  return iter(_dataset(config, data, 'train', local_batch_size, shuffle=True, seed=config.seed,
+  return iter(_dataset(config, meta, 'train', local_batch_size, shuffle=True, seed=config.seed,
                        sharded=True, data_fraction=config.data.data_fraction,
                        worker_count=config.data.worker_count))
 
 
-def dummy_example(config, data: Data) -> dict:
+def make_policy(config, meta):
+  """The policy of `config.model`; a learned vocabulary sees the training split's words only."""
+  train_texts = sorted({e['instruction'] for e in meta.episodes.get('train', [])})
+  return policy_lib.make_policy(config.model, horizon=config.data.horizon,
+                                instructions=meta.instructions, image_size=meta.image_size,
+                                goal=config.data.goal, vocab_instructions=train_texts)
+
+
+def example_obs(config, meta) -> dict:
   """A one-row batch of zeros with the pipeline's layout (parameter shapes need nothing more)."""
-  from egodex_jax.models import policies
-  return policies.dummy_batch(batch_size=1, horizon=config.data.horizon,
-                              image_size=data.meta.image_size, goal=config.data.goal)
-
-
-def run_evaluation(config, data: Data, policy, params, *, num_batches: int,
-                   workdir: str | None = None) -> dict:
-  """Best-of-K of `params` on the test split with the baselines (static, mean trajectory).
-
-  num_batches < 0: the whole split; else num_batches batches' worth of samples spread evenly over
-  it. Every process evaluates the same (unsharded) samples; only process 0 writes.
-  """
-  import jax
-  from egodex_jax import evaluate
-  bs = config.eval.batch_size
-  test = _dataset(config, data, config.eval.split, bs, shuffle=False, seed=config.seed,
-                  sharded=False, worker_count=0, num_epochs=1, drop_remainder=False,
-                  max_samples=None if num_batches < 0 else num_batches * bs)
-  train_it = _dataset(config, data, 'train', bs, shuffle=True, seed=config.seed + 1,
-                      sharded=False, worker_count=0)
-  mean_delta = evaluate.mean_trajectory(iter(train_it), max_batches=4)
-  return evaluate.evaluate(
-      policy, params, iter(test), data.normalizer, ks=tuple(config.eval.ks),
-      rng=jax.random.PRNGKey(config.seed + 2), tasks=data.tasks, mean_trajectory=mean_delta,
-      workdir=workdir if jax.process_index() == 0 else None)
+  return batch_lib.dummy_batch(batch_size=1, horizon=config.data.horizon,
+                               image_size=meta.image_size, goal=config.data.goal)
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -185,70 +167,48 @@ def make_optimizer(optim, num_steps: int) -> tuple[optax.GradientTransformation,
   return optax.chain(*chain), schedule
 
 
-# ----------------------------------------------------------------------------- the step
+# ----------------------------------------------------------------------------- state and step
 
-def normalize_batch(normalizer, batch: dict) -> dict:
-  """Canonical metres -> the policy's space (inside jit); keeps only the keys the policy reads."""
-  out = {k: batch[k] for k in POLICY_KEYS if k in batch}
-  if normalizer is not None:
-    # Actions first: a state-relative representation subtracts the canonical state.
-    out['actions'] = normalizer.normalize_actions(out['actions'], state=out['state'])
-    out['state'] = normalizer.normalize_state(out['state'])
-  return out
-
-
-def init_state(policy, optimizer, batch: dict, seed: int) -> TrainState:
-  """`batch`: normalised, any batch size (the parameters do not depend on it)."""
-  rng = jax.random.PRNGKey(seed)
-  params = policy.init(jax.random.fold_in(rng, 1), batch)
+def init_state(policy, optimizer, obs: dict, seed: int) -> TrainState:
+  """`obs`: normalised, any batch size (the parameters do not depend on it)."""
+  # Two streams: the parameters' init key is never one of the steps' keys.
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(seed))
+  params = policy.init(init_rng, obs)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     opt_state=optimizer.init(params),
-                    ema_params=jax.tree.map(jnp.copy, params), rng=rng)
+                    ema_params=jax.tree.map(jnp.copy, params), rng=step_rng)
 
 
-def make_train_step(policy, optimizer, schedule, normalizer, *, ema_decay: float,
-                    inject_nan_at_step: int = -1) -> Callable:
-  """(state, batch) -> (state, metrics): loss, gradients, AdamW, EMA; batch in canonical metres."""
-
-  def step_fn(state: TrainState, batch: dict):
-    batch = normalize_batch(normalizer, batch)
-    rng = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-      loss, aux = policy.loss(params, batch, rng, train=True)
-      if inject_nan_at_step >= 0:  # debug knob: exercises the NaN guard for real
-        loss = loss * jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, 1.0)
-      return loss, aux
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    # Warmed-up decay: early on the average would otherwise be dominated by the random init.
-    decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
-    ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-    metrics = dict(aux)
-    metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              ema_params=ema)
-    return new_state, metrics
-
-  return step_fn
+def train_step(state: TrainState, batch: dict, *, policy, optimizer, schedule, normalizer,
+               ema_decay: float):
+  """(state, batch in canonical metres) -> (state, metrics): loss, gradients, AdamW, EMA."""
+  batch = normalizer.normalize_batch(batch)
+  rng = jax.random.fold_in(state.rng, state.step)
+  (loss, aux), grads = jax.value_and_grad(
+      lambda p: policy.loss(p, batch, rng, train=True), has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  # Warmed-up decay: early on the average would otherwise be dominated by the random init.
+  decay = jnp.minimum(ema_decay, (1.0 + state.step) / (10.0 + state.step))
+  ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+  metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       ema_params=ema), metrics
 
 
-def abstract_state(policy, optimizer, example_batch: dict, seed: int, mesh,
-                   min_shard_size: int = 2**14):
+def abstract_state(policy, optimizer, obs: dict, seed: int, mesh, min_shard_size: int = 2**14):
   """(ShapeDtypeStructs with shardings, the shardings) of the TrainState; allocates nothing."""
-  shapes = jax.eval_shape(lambda b: init_state(policy, optimizer, b, seed), example_batch)
+  shapes = jax.eval_shape(lambda b: init_state(policy, optimizer, b, seed), obs)
   shardings = sharding_lib.tree_shardings(mesh, shapes, min_shard_size)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           shapes, shardings)
   return abstract, shardings
 
 
-def create_state(policy, optimizer, example_batch: dict, seed: int, shardings) -> TrainState:
+def create_state(policy, optimizer, obs: dict, seed: int, shardings) -> TrainState:
   """Initialises the state directly into its shardings (no full copy on one device first)."""
   init = jax.jit(lambda b: init_state(policy, optimizer, b, seed), out_shardings=shardings)
-  return init(example_batch)
+  return init(obs)
 
 
 def jit_train_step(step_fn, mesh, state_shardings):
@@ -294,6 +254,34 @@ class Preemption:
     return bool(np.any(flags))
 
 
+class FiniteGuard:
+  """Checks each step's loss one step late (so the host keeps dispatching) and at sync points."""
+
+  def __init__(self, manager, workdir: str):
+    self._manager, self._workdir = manager, workdir
+    self._pending, self._host = None, None  # (step, device metrics), their checked host copy
+
+  def push(self, step: int, metrics) -> None:
+    self.sync()  # the previous step's
+    self._pending, self._host = (step, metrics), None
+
+  def sync(self) -> dict | None:
+    """The latest step's metrics on the host; TrainingError if its loss is not finite."""
+    if self._pending is None or self._host is not None:
+      return self._host
+    step, m = self._pending
+    host = _to_host(m)
+    loss = float(host['loss'])
+    if not np.isfinite(loss):
+      last = self._manager.latest_step()
+      raise TrainingError(
+          f'Non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is '
+          + (f'step {last} in {ckpt_lib.checkpoint_dir(self._workdir)}.' if last is not None
+             else 'none (no checkpoint was written yet).'))
+    self._host = host
+    return host
+
+
 # ----------------------------------------------------------------------------- the loop
 
 def _to_host(tree):
@@ -309,37 +297,60 @@ def _host_params(params):
   return multihost_utils.process_allgather(params, tiled=True)
 
 
-def train(config, workdir: str, *, data=None) -> dict:
-  """Trains (or resumes) in `workdir`; returns the final evaluation results (or {}).
+def run_evaluation(config, meta, evaluator, params, normalizer, *, num_batches: int,
+                   workdir: str | None = None) -> dict:
+  """Best-of-K of `params` on the test split with the baselines (static, mean trajectory).
 
-  `data`: a `Data` bundle (see `egodex_jax.main.load_data`); built from config when None.
+  num_batches < 0: the whole split; else num_batches batches' worth of samples spread evenly over
+  it. Every process evaluates the same (unsharded) samples; only process 0 writes.
   """
-  data = data or load_data(config)
+  bs = config.eval.batch_size
+  test = _dataset(config, meta, config.eval.split, bs, shuffle=False, seed=config.seed,
+                  sharded=False, worker_count=0, num_epochs=1, drop_remainder=False,
+                  max_samples=None if num_batches < 0 else num_batches * bs)
+  return evaluator(params, iter(test), rng=jax.random.PRNGKey(config.seed + 2), tasks=meta.tasks,
+                   mean_trajectory=np.asarray(normalizer.stats['mean_delta'], np.float32),
+                   workdir=workdir if jax.process_index() == 0 else None)
+
+
+def _due(step: int, every: int) -> bool:
+  return every > 0 and step % every == 0
+
+
+def train(config, workdir: str) -> dict:
+  """Trains (or resumes) in `workdir`; returns the final evaluation results (or {})."""
   is_main = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   num_steps = int(config.train.num_steps)
-
   mesh = sharding_lib.make_mesh(config.mesh.fsdp)
   local_bs = sharding_lib.check_batch_size(config.data.batch_size, mesh)
-  policy = make_policy(config, data)
-  optimizer, schedule = make_optimizer(config.optim, num_steps)
-  train_iter = make_train_iter(config, data, local_bs)
 
-  # Parameters from a one-row example (the shapes do not depend on the batch size).
-  example = dummy_example(config, data)
-  abstract, shardings = abstract_state(policy, optimizer, example, config.seed, mesh,
-                                       config.mesh.min_shard_size)
-
+  # Data and normaliser: a resumed run keeps the normaliser it was trained with.
+  meta = load_meta(config)
   manager = ckpt_lib.make_manager(workdir, save_every=config.train.save_every,
                                   keep=config.train.keep,
                                   async_save=config.train.async_checkpoint)
+  resuming = manager.latest_step() is not None
+  signature = dataset_signature(config, meta)
+  if resuming:
+    normalizer = restore_normalizer(manager, workdir, signature)
+  else:
+    normalizer = fit_normalizer(config, meta)
+
+  # Model, optimiser, state.
+  policy = make_policy(config, meta)
+  optimizer, schedule = make_optimizer(config.optim, num_steps)
+  train_iter = make_train_iter(config, meta, local_bs)
+  obs = example_obs(config, meta)
+  abstract, shardings = abstract_state(policy, optimizer, obs, config.seed, mesh,
+                                       config.mesh.min_shard_size)
   config_json = config.to_json_best_effort()
-  if manager.latest_step() is not None:
+  if resuming:
     state, start = ckpt_lib.restore(manager, abstract, data_iter=train_iter)
     if is_main:
       print(f'Resuming from {ckpt_lib.checkpoint_dir(workdir)} at step {start}.', flush=True)
   else:
-    state, start = create_state(policy, optimizer, example, config.seed, shardings), 0
+    state, start = create_state(policy, optimizer, obs, config.seed, shardings), 0
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config_json)
@@ -348,71 +359,66 @@ def train(config, workdir: str, *, data=None) -> dict:
           f'mesh {dict(mesh.shape)}; global batch {config.data.batch_size}; '
           f'{num_steps} steps.', flush=True)
 
-  step_fn = make_train_step(policy, optimizer, schedule, data.normalizer,
-                            ema_decay=config.optim.ema_decay,
-                            inject_nan_at_step=config.train.inject_nan_at_step)
-  train_step = jit_train_step(step_fn, mesh, shardings)
+  step_fn = jit_train_step(
+      functools.partial(train_step, policy=policy, optimizer=optimizer, schedule=schedule,
+                        normalizer=normalizer, ema_decay=config.optim.ema_decay),
+      mesh, shardings)
+  evaluator = evaluate.Evaluator(policy, normalizer, ks=tuple(config.eval.ks))
   # Other processes log only when asked (tests of multi-host runs compare their losses).
   proc = jax.process_index()
   writer = metrics_lib.MetricWriter(
       workdir, total_steps=num_steps, batch_size=config.data.batch_size, start_step=start,
       enabled=is_main or config.train.log_all_processes, tensorboard=is_main, progress=is_main,
       filename='metrics.jsonl' if is_main else f'metrics.process{proc}.jsonl')
+  guard = FiniteGuard(manager, workdir)
   saved = [start]  # the last step saved (or restored): never save one step twice
 
   def save(s, force=False):
     if s != saved[0] and ckpt_lib.save(manager, s, state, data_iter=train_iter,
-                                       config_json=config_json, norm_stats=data.norm_stats,
+                                       config_json=config_json,
+                                       normalizer={**normalizer.to_json(),
+                                                   'signature': signature},
                                        force=force):
       saved[0] = s
 
-  def check_finite(step, m):
-    loss = float(_to_host(m['loss']))
-    if not np.isfinite(loss):
-      last = manager.latest_step()
-      raise TrainingError(
-          f'Non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is '
-          + (f'step {last} in {ckpt_lib.checkpoint_dir(workdir)}.' if last is not None
-             else 'none (no checkpoint was written yet).'))
-    return loss
-
-  log_every = max(1, int(config.train.log_every))
-  step = start
-  pending = None  # (step, metrics) of the previous step, checked one step late to keep dispatching
+  step, data_wait = start, 0.0
   t_start = time.perf_counter()
   try:
     with Preemption() as preempt:
       while step < num_steps:
+        t0 = time.perf_counter()
         batch = sharding_lib.global_batch(
-            {k: v for k, v in next(train_iter).items() if k in POLICY_KEYS}, mesh)
-        state, m = train_step(state, batch)
+            batch_lib.select(next(train_iter), batch_lib.TRAIN_KEYS), mesh)
+        data_wait += time.perf_counter() - t0
+        state, m = step_fn(state, batch)
         step += 1
-        if pending is not None:
-          check_finite(*pending)
-        pending = (step, m)
+        guard.push(step, m)
+        last, stop = step == num_steps, preempt.should_stop() and step < num_steps
+        save_due = _due(step, config.train.save_every) or last or stop
         if step == start + 1:
-          check_finite(*pending)
+          guard.sync()
           writer.reset_timer(step)  # steps/s excludes compilation
-        if step % log_every == 0 or step == num_steps:
-          check_finite(*pending)
-          writer.write(step, _to_host(m))
-        if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
-          results = evaluate_params(config, data, policy, _host_params(state.ema_params),
-                                    num_batches=config.eval.num_batches)
+          data_wait = 0.0
+        if _due(step, max(1, int(config.train.log_every))) or last:
+          host = guard.sync()
+          writer.write(step, dict(host, data_wait_s=data_wait))
+          data_wait = 0.0
+        if _due(step, config.train.eval_every) and not last:
+          results = run_evaluation(config, meta, evaluator, _host_params(state.ema_params),
+                                   normalizer, num_batches=config.eval.num_batches)
           writer.write(step, {k: v for k, v in results.get('model', {}).items()
                                if isinstance(v, (int, float))}, prefix='eval/')
-        if step % config.train.save_every == 0 or step == num_steps:
-          check_finite(*pending)
-          save(step, force=step == num_steps)  # the manager saves on its interval otherwise
-        if preempt.should_stop() and step < num_steps:
-          check_finite(*pending)
-          save(step, force=True)
+        if save_due:
+          guard.sync()  # never checkpoint a non-finite state
+          save(step, force=last or stop)  # the manager saves on its interval otherwise
+        if stop:
           manager.wait_until_finished()
           if is_main:
             print(f'Stopped at step {step} on request; checkpoint saved. Run the same command '
                   'to resume.', flush=True)
           writer.close()
           return {}
+      guard.sync()
       manager.wait_until_finished()
   except BaseException:
     manager.wait_until_finished()  # never leave a half-written async save behind
@@ -420,14 +426,13 @@ def train(config, workdir: str, *, data=None) -> dict:
     raise
 
   if is_main:
-    elapsed = time.perf_counter() - t_start
-    print(f'Trained steps {start}..{step} in {elapsed:.1f} s.', flush=True)
+    print(f'Trained steps {start}..{step} in {time.perf_counter() - t_start:.1f} s.', flush=True)
   writer.close()
   results = {}
   if config.eval.final_num_batches != 0:
     t_eval = time.perf_counter()
-    results = evaluate_params(config, data, policy, _host_params(state.ema_params),
-                              num_batches=config.eval.final_num_batches, workdir=workdir)
+    results = run_evaluation(config, meta, evaluator, _host_params(state.ema_params), normalizer,
+                             num_batches=config.eval.final_num_batches, workdir=workdir)
     if is_main:
       print(f'Evaluated {results.get("num_samples", 0)} unpadded test samples in '
             f'{time.perf_counter() - t_eval:.1f} s (compilation included).', flush=True)
@@ -436,30 +441,40 @@ def train(config, workdir: str, *, data=None) -> dict:
   return results
 
 
-def evaluate_params(config, data, policy, params, *, num_batches: int, workdir=None) -> dict:
-  return run_evaluation(config, data, policy, params, num_batches=num_batches, workdir=workdir)
+# ----------------------------------------------------------------------------- a trained workdir
+
+def restore_normalizer(manager, workdir: str, signature: dict) -> normalize.Normalizer:
+  """The normaliser a checkpoint was trained with, checked against today's config and data."""
+  saved = ckpt_lib.restore_json(manager, 'normalizer')
+  if saved is None:
+    raise UserError(f'{ckpt_lib.checkpoint_dir(workdir)}: the latest checkpoint has no '
+                    'normalizer item (written by an older version); retrain in a new workdir.')
+  check_signature(saved.get('signature'), signature, workdir)
+  return normalize.Normalizer.from_json(saved)
 
 
-def restore_for_eval(config, workdir: str, data: Data):
-  """(policy, EMA params, step) from the latest checkpoint in `workdir`."""
+def restore_for_eval(config, workdir: str, meta):
+  """(policy, EMA params, normaliser, step) from the latest checkpoint in `workdir`."""
   manager = ckpt_lib.make_manager(workdir, save_every=1, keep=config.train.keep, async_save=False)
   if manager.latest_step() is None:
     raise UserError(f'{ckpt_lib.checkpoint_dir(workdir)}: no checkpoint to evaluate (train first '
                     'with --mode=train).')
+  normalizer = restore_normalizer(manager, workdir, dataset_signature(config, meta))
   mesh = sharding_lib.make_mesh(config.mesh.fsdp)
-  policy = make_policy(config, data)
+  policy = make_policy(config, meta)
   optimizer, _ = make_optimizer(config.optim, int(config.train.num_steps))
-  abstract, _ = abstract_state(policy, optimizer, dummy_example(config, data), config.seed, mesh,
+  abstract, _ = abstract_state(policy, optimizer, example_obs(config, meta), config.seed, mesh,
                                config.mesh.min_shard_size)
   state, step = ckpt_lib.restore(manager, abstract)
-  return policy, _host_params(state.ema_params), step
+  return policy, _host_params(state.ema_params), normalizer, step
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict:
   """--mode=eval: Best-of-K of the latest checkpoint's EMA params; writes eval_results.json/md."""
-  data = load_data(config)
-  policy, params, step = restore_for_eval(config, workdir, data)
+  meta = load_meta(config)
+  policy, params, normalizer, step = restore_for_eval(config, workdir, meta)
   if jax.process_index() == 0:
     print(f'Evaluating the EMA parameters of step {step} from {workdir}.', flush=True)
-  return run_evaluation(config, data, policy, params, num_batches=config.eval.final_num_batches,
-                        workdir=workdir)
+  evaluator = evaluate.Evaluator(policy, normalizer, ks=tuple(config.eval.ks))
+  return run_evaluation(config, meta, evaluator, params, normalizer,
+                        num_batches=config.eval.final_num_batches, workdir=workdir)

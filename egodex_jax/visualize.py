@@ -7,18 +7,18 @@ episode's intrinsic (`geometry.project`) and drawn bone by bone (`skeleton.hand_
 per finger (thumb red, index orange, middle yellow, ring green, little blue, as Apple's sample
 visualiser colours them by finger); left-hand joints are white dots, right-hand ones black. The
 video is read and written one frame at a time (mp4v), never held in memory. The reprojection of
-real EgoDex data is visibly off in places (egodex_format.md section 2): overlays are approximate.
+real EgoDex data is visibly off in places (docs/egodex_format.md, section 2): overlays are approximate.
 Bad input: one line on stderr, exit code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
+from egodex_jax import cli
 from egodex_jax import geometry
 from egodex_jax import skeleton
 
@@ -106,7 +106,8 @@ def render_episode(hdf5_path: str, out_path: str, *, video_path: str | None = No
 
 
 def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog="python -m egodex_jax.visualize",
+                              description=__doc__.splitlines()[0])
   parser.add_argument("hdf5", help="episode .hdf5 (its .mp4 beside it unless --video)")
   parser.add_argument("--out", required=True, help="output .mp4")
   parser.add_argument("--video", default=None, help="the episode's .mp4 (default: beside it)")
@@ -115,8 +116,7 @@ def main(argv=None) -> int:
   try:
     n = render_episode(args.hdf5, args.out, video_path=args.video, max_frames=args.max_frames)
   except (ValueError, OSError) as e:  # EpisodeError is a ValueError
-    print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
-    return 2
+    cli.fail(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
   print(f"wrote {n} frames to {args.out}")
   return 0
 

@@ -18,6 +18,8 @@ from egodex_jax.data import pipeline
 from egodex_jax.data import synthetic
 from tfds_builder.egodex import egodex_dataset_builder as edb
 
+import broken_episodes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SIZE, MAX_HORIZON = 32, 12
 # Runs the CLI with `import tensorflow` made impossible, and checks nothing imported it.
@@ -64,10 +66,10 @@ def built(tmp_path_factory):
   synthetic.generate(os.path.join(raw, "part1"), 3, seed=1, **kw)
   synthetic.generate(os.path.join(raw, "part2"), 2, seed=2, **kw)
   synthetic.generate(os.path.join(raw, "test"), 2, seed=3, **kw)
-  broken = [synthetic.write_broken_episode(os.path.join(raw, "part1"), k, num_frames=12)[0]
+  broken = [broken_episodes.write_broken_episode(os.path.join(raw, "part1"), k, num_frames=12)[0]
             for k in ("not_hdf5", "nan_pose", "truncated_video", "missing_video")]
-  broken.append(synthetic.write_broken_episode(os.path.join(raw, "test"), "short_video",
-                                               num_frames=16)[0])
+  broken.append(broken_episodes.write_broken_episode(os.path.join(raw, "test"), "short_video",
+                                                     num_frames=16)[0])
   out = str(tmp_path_factory.mktemp("data"))
   proc = _cli("--raw_dir", raw, "--data_dir", out, "--image_size", str(IMAGE_SIZE),
               "--max_horizon", str(MAX_HORIZON), "--num_workers", "2",

@@ -36,7 +36,7 @@ def test_save_restore_state_iterator_config_and_keep(tmp_path):
   stats = {'actions': {'p01': [0.0] * 48}}
   for step in (2, 3, 4, 6):
     checkpoint.save(manager, step, state, data_iter=it, config_json=json.dumps({'seed': step}),
-                    norm_stats=stats)
+                    normalizer=stats)
   manager.wait_until_finished()
   assert manager.all_steps() == [4, 6]  # step 3 is off-interval, keep=2 drops 2
   expected_next = next(it)
@@ -54,7 +54,7 @@ def test_save_restore_state_iterator_config_and_keep(tmp_path):
   assert 'fsdp' in tuple(restored.params['w'].sharding.spec)
   np.testing.assert_array_equal(next(fresh_it), expected_next)  # the data resumes where it was
   assert checkpoint.restore_json(manager, 'config') == {'seed': 6}
-  assert checkpoint.restore_json(manager, 'norm_stats') == stats
+  assert checkpoint.restore_json(manager, 'normalizer') == stats
 
 
 def test_restore_without_checkpoint_is_a_clear_error(tmp_path):

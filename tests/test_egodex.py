@@ -11,6 +11,8 @@ from egodex_jax import skeleton
 from egodex_jax.data import egodex
 from egodex_jax.data import synthetic
 
+import broken_episodes
+
 W, H = 64, 48
 
 
@@ -103,7 +105,7 @@ def test_instruction_rule(attrs, expected):
     ("mismatched_lengths", "mismatched lengths"),
 ])
 def test_broken_episodes_raise_one_sentence(kind, words, tmp_path):
-  h, m = synthetic.write_broken_episode(str(tmp_path), kind)
+  h, m = broken_episodes.write_broken_episode(str(tmp_path), kind)
   with pytest.raises(egodex.EpisodeError) as e:
     egodex.load_episode(h, m)
   msg = str(e.value)

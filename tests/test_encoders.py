@@ -11,15 +11,6 @@ from egodex_jax.models import encoders
 from egodex_jax.models import tokenizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_cpu_prng():
-  # jax 0.10's default partitionable threefry takes ~20 s to compile per random shape on XLA:CPU
-  # here (~1 s without); the tests only need some randomness, so use the classic one.
-  old = jax.config.jax_threefry_partitionable
-  jax.config.update("jax_threefry_partitionable", False)
-  yield
-  jax.config.update("jax_threefry_partitionable", old)
-
 
 
 def _count(tree):
@@ -96,3 +87,11 @@ def test_state_and_time_encoders():
   out = jax.jit(te.apply)(p, t)
   assert out.shape == (3, 1, 8)
   assert np.abs(out[0] - out[1]).max() > 1e-4 and np.abs(out[1] - out[2]).max() > 1e-4
+
+
+def test_vocabulary_from_training_instructions_only():
+  table, vocab = tokenizer.build_table(["pick up the cup", "open the drawer"], 8,
+                                       vocab_texts=["pick up the cup"])
+  assert set(vocab) == {"pick", "up", "the", "cup"}
+  assert list(table[1, :3]) == [tokenizer.UNK, vocab["the"], tokenizer.UNK]  # unseen -> UNK
+  assert list(table[0, :4]) == [vocab[w] for w in ("pick", "up", "the", "cup")]

@@ -7,10 +7,11 @@ import pytest
 
 from egodex_jax import evaluate
 from egodex_jax import skeleton
+from egodex_jax.data import batch as batch_lib
 
 
 def _numpy_best_of_k(gt, padding, pred, ks):
-  """Plain loops, straight from egodex_format.md section 4."""
+  """Plain loops, straight from docs/metric.md."""
   n, b_size, t_size, _ = pred.shape
   sums = {f"{m}@{k}": 0.0 for k in ks for m in ("avg", "final")}
   count = 0
@@ -225,7 +226,7 @@ def test_write_results_and_plots(tmp_path):
 
 
 def test_scaled_intrinsic_maps_full_frame_pixels_to_the_square_image():
-  K = evaluate.skeleton.default_intrinsic(160, 120)
+  K = skeleton.default_intrinsic(160, 120)
   Ks = evaluate.scaled_intrinsic(K, (160, 120), 64)
   p = np.array([0.1, -0.05, 0.5])
   uv_full = (K @ p)[:2] / p[2]
@@ -259,20 +260,54 @@ def _canonical_batches(num_batches=2, b=4, h=4, s=16, seed=0):
 def _tiny_policy_and_normalizer(batches, head):
   import jax
   from egodex_jax.data import normalize
-  from egodex_jax.models import policies
+  from egodex_jax.models import config as config_lib
+  from egodex_jax.models import policy as policy_lib
   stats = {"actions": normalize.compute_stats([b["actions"].reshape(-1, 48) for b in batches]),
            "state": normalize.compute_stats([b["state"] for b in batches])}
   normalizer = normalize.Normalizer(stats, "minmax")
-  policy = policies.make_policy(policies.model_config("tiny", backbone="dec", head=head),
-                                horizon=batches[0]["actions"].shape[1],
-                                instructions=["pick up the cup", "put down the cup"])
-  init_batch = dict(batches[0], state=normalizer.normalize_state(batches[0]["state"]),
-                    actions=normalizer.normalize_actions(batches[0]["actions"]))
+  policy = policy_lib.make_policy(config_lib.model_config("tiny", backbone="dec", head=head),
+                                  horizon=batches[0]["actions"].shape[1],
+                                  instructions=["pick up the cup", "put down the cup"],
+                                  image_size=batches[0]["image"].shape[1])
   # Random params of the right shapes without compiling `policy.init` (slow on a loaded CPU).
-  shapes = jax.eval_shape(policy.init, jax.random.key(0), init_batch)
+  shapes = jax.eval_shape(policy.init, jax.random.key(0), normalizer.normalize_obs(batches[0]))
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: (rng.normal(size=x.shape) * 0.1).astype(x.dtype), shapes)
   return policy, params, normalizer
+
+
+class _FakePolicy:
+  """Predicts its (normalised) state held for H frames, times `params`; records each trace's
+  num_samples and observation keys (a Python side effect runs once per compilation)."""
+
+  def __init__(self, horizon, is_deterministic):
+    self.horizon = horizon
+    self.is_deterministic = is_deterministic
+    self.traces = []
+
+  def sample(self, params, obs, rng, num_samples):
+    import jax.numpy as jnp
+    del rng
+    self.traces.append((num_samples, sorted(obs)))
+    state = obs["state"] * params                                  # [B, 48]
+    return jnp.broadcast_to(state[None, :, None], (num_samples, state.shape[0], self.horizon, 48))
+
+
+def test_evaluator_compiles_once_and_shows_the_policy_observations_only():
+  import jax
+  from egodex_jax.data import normalize
+  batches = _canonical_batches()
+  stats = normalize.compute_stats([b["state"] for b in batches])
+  normalizer = normalize.Normalizer({"actions": stats, "state": stats}, "minmax")
+  for deterministic, asked in ((True, 1), (False, 3)):
+    policy = _FakePolicy(batches[0]["actions"].shape[1], deterministic)
+    evaluator = evaluate.Evaluator(policy, normalizer, ks=(1, 3))
+    first = evaluator(1.0, batches, rng=jax.random.key(0))
+    second = evaluator(1.0, batches, rng=jax.random.key(0))
+    assert policy.traces == [(asked, ["image", "instruction_id", "state"])]  # no ground truth
+    for key, v in first["static"].items():  # same stats both ways: the samples are the state
+      assert first["model"][key] == pytest.approx(v, rel=1e-5)
+    assert second["model"] == first["model"]
 
 
 def test_evaluate_end_to_end_with_baselines_and_files(tmp_path):
@@ -318,7 +353,7 @@ def test_evaluate_bc_repeats_its_one_sample():
   import jax
   batches = _canonical_batches(num_batches=1)
   policy, params, normalizer = _tiny_policy_and_normalizer(batches, "bc")
-  assert evaluate.is_deterministic(policy)
+  assert policy.is_deterministic
   res = evaluate.evaluate(policy, params, batches, normalizer, ks=(1, 4), rng=jax.random.key(0))
   assert res["model"]["avg@1"] == res["model"]["avg@4"]
   assert res["model"]["final@1"] == res["model"]["final@4"]
@@ -339,18 +374,18 @@ def test_relative_actions_are_scored_as_absolute_metres():
            "delta": normalize.compute_stats([delta])}
   normalizer = normalize.Normalizer(stats, "minmax", "relative")
   ks = (1, 3)
-  step = evaluate.make_eval_step(policy, normalizer, ks=ks)
-  dev = {k: jnp.asarray(v) for k, v in b.items() if k in evaluate._DEVICE_KEYS}
+  evaluator = evaluate.Evaluator(policy, normalizer, ks=ks)
+  dev = {k: jnp.asarray(v) for k, v in batch_lib.select(b, batch_lib.EVAL_KEYS).items()}
   rng = jax.random.key(3)
-  batch_rng = jax.random.fold_in(rng, 0)  # evaluate() samples batch i with fold_in(rng, i)
-  out = jax.device_get(step(params, dev, batch_rng, None))
+  batch_rng = jax.random.fold_in(rng, 0)  # the evaluator samples batch i with fold_in(rng, i)
+  out = jax.device_get(evaluator.step(params, dev, batch_rng, None))
   # The policy's own samples (normalised deltas), de-normalised by hand: delta + state.
-  raw = np.asarray(policy.sample(params, evaluate._policy_obs(dev, normalizer), batch_rng, 3))
+  raw = np.asarray(policy.sample(params, normalizer.normalize_obs(dev), batch_rng, 3))
   offset, scale = normalizer._actions
   want = raw / scale + offset + b["state"][None, :, None, :]
   np.testing.assert_allclose(out["samples"], want, rtol=1e-4, atol=1e-5)
   assert np.abs(want - b["actions"][None]).mean() < 0.5 * np.abs(b["actions"]).mean()
-  res = evaluate.evaluate(policy, params, batches, normalizer, ks=ks, rng=rng)
+  res = evaluator(params, batches, rng=rng)  # the same jitted step: no second compilation
   expect = evaluate.best_of_k(b["actions"], b["padding"], want, ks=ks)
   for key, v in expect.items():
     assert res["model"][key] == pytest.approx(v, rel=1e-4)

@@ -7,12 +7,8 @@ import sys
 
 import pytest
 
-from test_train import REPO, TINY_OVERRIDES, build_tiny_dataset
+from helpers import REPO, TINY_ARG, TINY_OVERRIDES
 
-
-@pytest.fixture(scope='session')
-def tiny_data(tmp_path_factory):
-  return build_tiny_dataset(str(tmp_path_factory.getbasetemp() / 'egodex_tiny'))
 
 
 def _main(*args, timeout=300):
@@ -45,14 +41,14 @@ def test_bad_config_path_and_bad_override_are_clear_errors(tmp_path):
 
 
 def test_eval_mode_without_checkpoint_is_a_clear_error(tiny_data, tmp_path):
-  proc = _main('--config=configs/bc_encdec.py:demo', f'--workdir={tmp_path}', '--mode=eval',
+  proc = _main('--config=configs/bc_encdec.py:' + TINY_ARG, f'--workdir={tmp_path}', '--mode=eval',
                f'--config.data.data_dir={tiny_data}', *TINY_OVERRIDES)
   _assert_clean_failure(proc, 'no checkpoint')
 
 
 def test_train_then_eval_mode_writes_results(tiny_data, tmp_path):
   wd = str(tmp_path / 'wd')
-  common = ['--config=configs/ddpm_dec.py:demo', f'--workdir={wd}',
+  common = ['--config=configs/ddpm_dec.py:' + TINY_ARG, f'--workdir={wd}',
             f'--config.data.data_dir={tiny_data}', *TINY_OVERRIDES,
             '--config.train.num_steps=6']
   proc = _main(*common)

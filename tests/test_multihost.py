@@ -9,12 +9,8 @@ import sys
 import pytest
 
 from egodex_jax import metrics
-from test_train import REPO, TINY_OVERRIDES, build_tiny_dataset
+from helpers import REPO, TINY_ARG, TINY_OVERRIDES
 
-
-@pytest.fixture(scope='session')
-def tiny_data(tmp_path_factory):
-  return build_tiny_dataset(str(tmp_path_factory.getbasetemp() / 'egodex_tiny'))
 
 
 def _free_port():
@@ -28,7 +24,7 @@ def test_two_processes_train_in_lockstep_and_write_one_checkpoint(tiny_data, tmp
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   procs = [subprocess.Popen(
-      [sys.executable, '-m', 'egodex_jax.main', '--config=configs/bc_encdec.py:demo',
+      [sys.executable, '-m', 'egodex_jax.main', '--config=configs/bc_encdec.py:' + TINY_ARG,
        f'--workdir={wd}', f'--config.data.data_dir={tiny_data}', *TINY_OVERRIDES,
        f'--config.train.num_steps={steps}', '--config.train.log_all_processes=True',
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],

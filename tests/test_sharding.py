@@ -1,5 +1,7 @@
 """Sharding: the FSDP rule, and the same losses on every ('data', 'fsdp') mesh as on one device."""
 
+import functools
+
 import jax
 import ml_collections
 import numpy as np
@@ -8,7 +10,11 @@ from jax.sharding import PartitionSpec as P
 
 from egodex_jax import sharding, train
 from egodex_jax.data import normalize
-from egodex_jax.models import policies
+from egodex_jax.data import batch as batch_lib
+from egodex_jax.models import backbones, heads
+from egodex_jax.models import config as config_lib
+from egodex_jax.models import policy as policy_lib
+from egodex_jax.models.network import PolicyNet
 
 
 def test_fsdp_rule_splits_largest_divisible_axis_of_big_arrays():
@@ -38,15 +44,16 @@ def _optim():
 def _losses(policy, batches, normalizer, fsdp, devices):
   mesh = sharding.make_mesh(fsdp, devices)
   optimizer, schedule = train.make_optimizer(_optim(), 10)
-  example = jax.tree.map(lambda x: np.asarray(x)[:1], train.normalize_batch(normalizer, batches[0]))
+  example = jax.tree.map(lambda x: np.asarray(x)[:1], normalizer.normalize_obs(batches[0]))
   abstract, shardings = train.abstract_state(policy, optimizer, example, 0, mesh, min_shard_size=256)
   state = train.create_state(policy, optimizer, example, 0, shardings)
   step = train.jit_train_step(
-      train.make_train_step(policy, optimizer, schedule, normalizer, ema_decay=0.9), mesh, shardings)
+      functools.partial(train.train_step, policy=policy, optimizer=optimizer, schedule=schedule,
+                        normalizer=normalizer, ema_decay=0.9), mesh, shardings)
   losses = []
   for b in batches:
     state, m = step(state, sharding.global_batch(
-        {k: v for k, v in b.items() if k in train.POLICY_KEYS}, mesh))
+        batch_lib.select(b, batch_lib.TRAIN_KEYS), mesh))
     losses.append(float(m['loss']))
   specs = {tuple(x.sharding.spec) for x in jax.tree.leaves(state.params)}
   return np.array(losses), specs, jax.device_get(state.ema_params)
@@ -70,7 +77,7 @@ def test_same_losses_on_every_mesh():
   stats = {'state': normalize.compute_stats([b['state'] for b in batches]),
            'actions': normalize.compute_stats([b['actions'].reshape(-1, 48) for b in batches])}
   normalizer = normalize.Normalizer(stats, 'minmax')
-  policy = policies.make_policy(policies.model_config('tiny', backbone='encdec', head='fm'),
+  policy = policy_lib.make_policy(config_lib.model_config('tiny', backbone='encdec', head='fm'),
                                 horizon=4, instructions=['pick up the cup', 'put it down'])
   tiny_batches = batches
   ref, ref_specs, ref_ema = _losses(policy, tiny_batches, normalizer, 1, jax.devices()[:1])

@@ -222,3 +222,9 @@ def test_cli_writes_episodes(tmp_path):
                       "--episodes", "1", "--min_frames", "9", "--max_frames", "3"],
                      cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
   assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_package_exports_the_public_api():
+  assert all(hasattr(synthetic, name) for name in synthetic.__all__)
+  # Broken episodes are a test fixture (tests/broken_episodes.py), not part of the library.
+  assert not hasattr(synthetic, "write_broken_episode")

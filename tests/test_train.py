@@ -1,7 +1,6 @@
 """The training loop on a real (tiny, synthetic) ArrayRecord dataset with the real policy:
 losses fall, NaN guard, resume after SIGTERM gives the same losses as an uninterrupted run."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -10,64 +9,14 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from egodex_jax import checkpoint, metrics, train
+from helpers import REPO, TINY_ARG, TINY_OVERRIDES, load_config, tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-# --- shared helpers (test_main / test_multihost import these) ---------------------------
-
-def build_tiny_dataset(root) -> str:
-  """6 short synthetic episodes at 64x48, built at 16 px with 8 future frames (once per session)."""
-  from egodex_jax.data import pipeline, synthetic
-  from tfds_builder.egodex import __main__ as builder_cli
-  data_dir, raw_dir = os.path.join(root, 'data'), os.path.join(root, 'raw')
-  try:
-    pipeline.load_metadata(data_dir)
-    return data_dir
-  except FileNotFoundError:
-    pass
-  synthetic.generate(raw_dir, 6, seed=0, width=64, height=48, min_frames=30, max_frames=40,
-                     workers=1)
-  assert builder_cli.main(['--raw_dir', raw_dir, '--data_dir', data_dir, '--image_size', '16',
-                           '--max_horizon', '8', '--num_workers', '1']) == 0
-  return data_dir
-
-
-def load_config(name='fm_encdec', arg='demo'):
-  spec = importlib.util.spec_from_file_location('cfg_' + name,
-                                                os.path.join(REPO, 'configs', name + '.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
-
-
-TINY_OVERRIDES = [
-    '--config.data.synthetic=False', '--config.model.size=tiny', '--config.data.horizon=8',
-    '--config.data.batch_size=8', '--config.train.log_every=1', '--config.train.save_every=4',
-    '--config.train.eval_every=0', '--config.eval.final_num_batches=0',
-    '--config.optim.warmup_steps=2', '--config.eval.batch_size=8']
-
-
-def tiny_config(data_dir, **train_overrides):
-  c = load_config()
-  for flag in TINY_OVERRIDES:
-    key, value = flag[len('--config.'):].split('=')
-    section, field = key.split('.')
-    old = c[section][field]
-    c[section][field] = type(old)(value == 'True' if isinstance(old, bool) else value)
-  c.data.data_dir = data_dir
-  for k, v in train_overrides.items():
-    c.train[k] = v
-  return c
-
-
-@pytest.fixture(scope='session')
-def tiny_data(tmp_path_factory):
-  return build_tiny_dataset(str(tmp_path_factory.getbasetemp() / 'egodex_tiny'))
 
 
 # --- tests ------------------------------------------------------------------------------
@@ -80,8 +29,18 @@ def test_schedule_warmup_then_cosine():
   assert abs(float(s(110)) - 0.1) < 1e-6 and float(s(60)) < 1.0
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_data, tmp_path):
-  c = tiny_config(tiny_data, num_steps=12, inject_nan_at_step=7)
+def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_data, tmp_path,
+                                                                       monkeypatch):
+  real_step = train.train_step
+
+  def nan_at_step_7(state, batch, **kw):  # the loss and the parameters of step 7 turn NaN
+    new, m = real_step(state, batch, **kw)
+    poison = jnp.where(state.step + 1 == 7, jnp.nan, 1.0)
+    new = new.replace(params=jax.tree.map(lambda p: p * poison, new.params))
+    return new, dict(m, loss=m['loss'] * poison)
+
+  monkeypatch.setattr(train, 'train_step', nan_at_step_7)
+  c = tiny_config(tiny_data, num_steps=12)
   with pytest.raises(train.TrainingError, match='at step 7') as e:
     train.train(c, str(tmp_path))
   assert 'step 4' in str(e.value)
@@ -91,7 +50,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_last_good_checkpoint(tiny_data
 
 
 def _run_cli(workdir, data_dir, num_steps, **popen):
-  cmd = [sys.executable, '-m', 'egodex_jax.main', '--config=configs/fm_encdec.py:demo',
+  cmd = [sys.executable, '-m', 'egodex_jax.main', '--config=configs/fm_encdec.py:' + TINY_ARG,
          f'--workdir={workdir}', f'--config.data.data_dir={data_dir}',
          f'--config.train.num_steps={num_steps}'] + TINY_OVERRIDES
   return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -132,31 +91,86 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path)
   assert os.path.exists(os.path.join(run_dir, 'loss.png'))
   assert os.listdir(os.path.join(run_dir, 'tensorboard'))
   with open(os.path.join(run_dir, 'config.json')) as f:
-    assert json.load(f)['model']['size'] == 'tiny'
+    assert json.load(f)['model']['emb_dim'] == 32  # the tiny preset's
 
 
-def test_relative_actions_round_trip_and_need_delta_stats(tiny_data, tmp_path):
-  import glob
-  import shutil
+def test_relative_actions_round_trip(tiny_data):
   c = tiny_config(tiny_data)
   assert c.data.action_repr == 'relative'  # the default
-  data = train.load_data(c)
-  batch = next(train.make_train_iter(c, data, 8))
-  out = train.normalize_batch(data.normalizer, batch)
+  meta = train.load_meta(c)
+  normalizer = train.fit_normalizer(c, meta)
+  batch = next(train.make_train_iter(c, meta, 8))
+  out = normalizer.normalize_batch(batch)
   delta = batch['actions'] - batch['state'][:, None]
-  offset, scale = data.normalizer._actions
+  offset, scale = normalizer._actions
   np.testing.assert_allclose(out['actions'], (delta - offset) * scale, rtol=1e-5, atol=1e-5)
-  back = data.normalizer.denormalize_actions(out['actions'], state=batch['state'])
+  back = normalizer.denormalize_samples(out['actions'][None], batch['state'])[0]
   np.testing.assert_allclose(back, batch['actions'], atol=1e-5)
-  # A dataset built before the delta statistics existed: a one-line error asking to rebuild.
-  old = str(tmp_path / 'old')
-  shutil.copytree(tiny_data, old)
-  (path,) = glob.glob(os.path.join(old, '**', 'norm_stats.json'), recursive=True)
-  with open(path) as f:
-    stats = json.load(f)
-  del stats['delta']
-  with open(path, 'w') as f:
-    json.dump(stats, f)
-  c.data.data_dir = old
-  with pytest.raises(train.UserError, match='rebuild'):
-    train.load_data(c)
+
+
+def test_statistics_come_from_the_trained_horizon_and_episodes(tiny_data):
+  from egodex_jax.data import normalize, pipeline
+  c = tiny_config(tiny_data)
+  meta = train.load_meta(c)
+  # Rows 1..H only: the normalised targets of the trained horizon fill [-1, 1] (min-max over the
+  # 1st..99th percentiles), whatever the longest horizon the dataset stores.
+  for h in (2, 8):
+    c.data.horizon = h
+    normalizer = train.fit_normalizer(c, meta)
+    assert normalizer.stats['horizon'] == h and np.shape(normalizer.stats['mean_delta']) == (h, 48)
+    x = np.concatenate([normalizer.normalize_batch(b)['actions'][~b['padding']]
+                        for b in _batches(c, meta, 4)])
+    moving = np.ptp(x, axis=0) > 0.5  # the dims that move at all
+    lo, hi = np.percentile(x[:, moving], [1, 99], axis=0)
+    assert np.median(hi - lo) > 1.5, (h, np.median(hi - lo))
+  # data_fraction: the statistics (and the mean trajectory) of exactly the episodes trained on.
+  c.data.data_fraction = 0.5
+  half = train.fit_normalizer(c, meta).stats
+  chosen = pipeline.select_episodes(meta.episodes['train'], 0.5)
+  assert 0 < len(chosen) < len(meta.episodes['train'])
+  n = sum(e['num_frames'] for e in chosen)
+  assert half['state']['count'] == n
+  full = normalize.horizon_stats(pipeline.read_windows(meta, 'train'), c.data.horizon)
+  assert full['state']['count'] == meta.num_records('train') > n
+
+
+def _batches(c, meta, n):
+  it = iter(pipeline_dataset(c, meta))
+  return [next(it) for _ in range(n)]
+
+
+def pipeline_dataset(c, meta):
+  from egodex_jax.data import pipeline
+  return pipeline.make_dataset(meta.data_dir, 'train', batch_size=8, horizon=c.data.horizon,
+                               meta=meta, seed=1)
+
+
+def test_checkpoint_normalizer_is_used_and_a_mismatch_is_refused(tiny_data, tmp_path):
+  c = tiny_config(tiny_data, num_steps=2)
+  c.data.action_repr = 'absolute'
+  c.eval.final_num_batches = 1
+  wd = str(tmp_path / 'wd')
+  trained = train.train(c, wd)
+  c.eval.final_num_batches = 1
+  again = train.evaluate_checkpoint(c, wd)  # the same normaliser as training: the same figures
+  assert again['model'] == trained['model']
+  c.data.action_repr = 'relative'  # today's command line differs from the run's
+  with pytest.raises(train.UserError, match='action_repr=.absolute.'):
+    train.evaluate_checkpoint(c, wd)
+  with pytest.raises(train.UserError, match='action_repr'):
+    train.train(c, wd)  # nor resumed silently under another representation
+
+
+def test_parameter_init_key_is_never_a_step_key():
+  seen = {}
+
+  class RecordingPolicy:  # only what init_state touches
+    def init(self, rng, obs):
+      seen['init'] = np.asarray(jax.random.key_data(rng) if jnp.issubdtype(
+          rng.dtype, jax.dtypes.prng_key) else rng)
+      return {'w': jnp.zeros(3)}
+
+  optimizer, _ = train.make_optimizer(load_config().optim, 10)
+  state = train.init_state(RecordingPolicy(), optimizer, {}, seed=0)
+  step_keys = {tuple(np.asarray(jax.random.fold_in(state.rng, s)).tolist()) for s in range(1000)}
+  assert tuple(seen['init'].tolist()) not in step_keys

@@ -8,15 +8,6 @@ import pytest
 from egodex_jax.models import transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_cpu_prng():
-  # jax 0.10's default partitionable threefry takes ~20 s to compile per random shape on XLA:CPU
-  # here (~1 s without); the tests only need some randomness, so use the classic one.
-  old = jax.config.jax_threefry_partitionable
-  jax.config.update("jax_threefry_partitionable", False)
-  yield
-  jax.config.update("jax_threefry_partitionable", old)
-
 
 N_OBS, N_ACT, D = 3, 4, 16
 

@@ -11,6 +11,8 @@ from egodex_jax import visualize
 from egodex_jax.data import egodex
 from egodex_jax.data import synthetic
 
+import broken_episodes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 W, H, N = 96, 72, 12
 
@@ -68,7 +70,7 @@ def test_bad_input_exits_2_with_one_line(tmp_path):
   proc = _cli(str(tmp_path / "missing.hdf5"), "--out", str(tmp_path / "o.mp4"))
   assert proc.returncode == 2
   assert len(proc.stderr.strip().splitlines()) == 1 and "missing.hdf5" in proc.stderr
-  h5, _ = synthetic.write_broken_episode(str(tmp_path), "missing_joint")
+  h5, _ = broken_episodes.write_broken_episode(str(tmp_path), "missing_joint")
   proc = _cli(h5, "--out", str(tmp_path / "o.mp4"))
   assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert not os.path.exists(tmp_path / "o.mp4")

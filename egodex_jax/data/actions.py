@@ -1,4 +1,4 @@
-"""The 48-D EgoDex action (egodex_format.md section 3): chunks, hand state and stored windows.
+"""The 48-D EgoDex action (docs/egodex_format.md, section 3): chunks, hand state and stored windows.
 
 For frame t every pose is expressed in the camera frame of t: `inv(T_camera[t]) @ T_joint[t+k]`.
 Per frame, left hand then right: wrist position (3), wrist rotation 6-D (R[:, 0], R[:, 1]),
@@ -10,13 +10,13 @@ CLI (a contract): `python -m egodex_jax.data.actions EPISODE.hdf5 --frame T --ho
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 
 import numpy as np
 
+from egodex_jax import cli
 from egodex_jax import skeleton
 
 _ROWS_PER_BLOCK = 1024  # bounds the memory of action_windows on long episodes
@@ -111,38 +111,26 @@ def action_windows(episode, max_horizon: int) -> tuple[np.ndarray, np.ndarray]:
 # --- CLI ----------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-  """argparse that reports a usage error as one stderr line, exit code 2."""
-
-  def error(self, message):
-    sys.stderr.write(f"{self.prog}: error: {message}\n")
-    sys.exit(2)
-
-
-def _fail(message: str) -> None:
-  sys.stderr.write(" ".join(str(message).split()) + "\n")
-  sys.exit(2)
-
-
 def main(argv=None) -> int:
-  parser = _Parser(prog="python -m egodex_jax.data.actions",
-                   description="Print the 48-D action chunk of one EgoDex frame as JSON.")
+  parser = cli.ArgumentParser(prog="python -m egodex_jax.data.actions",
+                              description="Print the 48-D action chunk of one EgoDex frame as "
+                              "JSON.")
   parser.add_argument("episode", help="path to the episode's .hdf5 (the mp4 is not needed)")
   parser.add_argument("--frame", type=int, required=True, help="frame index t")
   parser.add_argument("--horizon", type=int, required=True, help="number of future frames H")
   args = parser.parse_args(argv)
   from egodex_jax.data import egodex  # pylint: disable=g-import-not-at-top
   if args.horizon < 1:
-    _fail(f"error: --horizon must be >= 1, got {args.horizon}")
+    cli.fail(f"error: --horizon must be >= 1, got {args.horizon}")
   try:
     episode = egodex.load_episode(args.episode, check_video=False)
     actions, padding = action_chunk(episode, args.frame, args.horizon)
   except egodex.EpisodeError as e:
-    _fail(f"error: {e}")
+    cli.fail(f"error: {e}")
   except ValueError as e:
-    _fail(f"error: {args.episode}: {e}")
+    cli.fail(f"error: {args.episode}: {e}")
   except Exception as e:  # pylint: disable=broad-except
-    _fail(f"error: {args.episode}: {type(e).__name__}: {e}")
+    cli.fail(f"error: {args.episode}: {type(e).__name__}: {e}")
   try:
     sys.stdout.write(json.dumps({"actions": actions.tolist(), "padding": padding.tolist()}) + "\n")
     sys.stdout.flush()

@@ -88,7 +88,7 @@ def _present(value: Any) -> bool:
 
 
 def instruction_from_attrs(attrs: dict[str, Any]) -> str:
-  """The language instruction by the rule of egodex_format.md section 2 ('' when none).
+  """The language instruction by the rule of docs/egodex_format.md, section 2 ('' when none).
 
   For `llm_type == 'reversible'` the description chosen by `which_llm_description` ('1' or '2');
   otherwise `llm_description`. The literal "None" counts as absent; when the chosen description is

@@ -98,6 +98,37 @@ def load_stats(path: str) -> dict[str, Any]:
   return stats
 
 
+def horizon_stats(chunks: Iterable[tuple[np.ndarray, np.ndarray]], horizon: int,
+                  reservoir_rows: int = RESERVOIR_ROWS) -> dict[str, Any]:
+  """Statistics of the windows a run trains on, over future rows 1..`horizon` only.
+
+  chunks: (windows [n, M+1, 48] with row 0 the state, num_future [n]) from the training episodes
+  (`pipeline.read_windows`). -> {"state", "actions", "delta": stats, "mean_delta": [H][48] (the
+  mean displacement k frames ahead over the unpadded rows: the `mean_traj` baseline),
+  "horizon": H}. The statistics of the horizon trained on: displacements grow with k, so stats
+  pooled over a longer window would squeeze the targets of a shorter horizon.
+  """
+  acc = {k: StatsAccumulator(48, reservoir_rows, seed=i)
+         for i, k in enumerate(("state", "actions", "delta"))}
+  sum_delta, count = np.zeros((horizon, 48), np.float64), np.zeros((horizon, 1), np.float64)
+  for windows, num_future in chunks:
+    windows = np.asarray(windows, np.float32)
+    if windows.shape[1] < horizon + 1:
+      raise ValueError(f"horizon {horizon} exceeds the {windows.shape[1] - 1} future rows stored")
+    state, future = windows[:, 0], windows[:, 1:horizon + 1]  # [n, 48], [n, H, 48]
+    valid = np.arange(horizon)[None] < np.asarray(num_future)[:, None]  # [n, H]
+    delta = future - state[:, None]
+    acc["state"].add(state)
+    acc["actions"].add(future[valid])
+    acc["delta"].add(delta[valid])
+    sum_delta += np.where(valid[..., None], delta, 0.0).sum(0)
+    count += valid.sum(0)[:, None]
+  out = {k: a.result() for k, a in acc.items()}
+  out["mean_delta"] = (sum_delta / np.maximum(count, 1.0)).tolist()
+  out["horizon"] = int(horizon)
+  return out
+
+
 class Normalizer:
   """Reversible per-dimension affine map: x_norm = (x - offset) * scale.
 
@@ -118,11 +149,20 @@ class Normalizer:
     if key not in stats:
       raise ValueError(f"the normalisation statistics lack '{key}' (needed by action_repr="
                        f"{action_repr!r}): the dataset was built by an older builder; rebuild it")
+    self.stats = dict(stats)
     self.kind = kind
     self.action_repr = action_repr
     self.relative = action_repr == "relative"
     self._state = self._affine(stats["state"], kind)
     self._actions = self._affine(stats[key], kind)
+
+  def to_json(self) -> dict[str, Any]:
+    """What a checkpoint stores: enough to rebuild this exact normaliser (`from_json`)."""
+    return {"kind": self.kind, "action_repr": self.action_repr, "stats": self.stats}
+
+  @classmethod
+  def from_json(cls, d: Mapping[str, Any]) -> "Normalizer":
+    return cls(d["stats"], d["kind"], d["action_repr"])
 
   @staticmethod
   def _affine(s: Mapping[str, Any], kind: str) -> tuple[np.ndarray, np.ndarray]:

@@ -24,13 +24,9 @@ from typing import Any
 import numpy as np
 
 from egodex_jax.data import normalize
+from egodex_jax.data.files import META_FILE, RECORD_VERSION, STATS_FILE
 
 DATASET_NAME = "egodex"
-META_FILE = "egodex_meta.json"
-STATS_FILE = "norm_stats.json"
-# The record layout this reader understands; the builder's VERSION is this string, so a build
-# from another layout is refused by `load_metadata` instead of being misread.
-RECORD_VERSION = "1.1.0"
 _BUILD_HINT = "build it with: python -m tfds_builder.egodex --raw_dir RAW --data_dir DATA_DIR"
 
 
@@ -132,6 +128,18 @@ def sample_indices(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
   return idx[shard_index::shard_count]
 
 
+def read_windows(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
+                 max_records: int | None = 200_000, chunk: int = 1024):
+  """Yields (windows [n, M+1, 48], num_future [n]) of the split's chosen episodes, no images
+  decoded: at most `max_records` records spread evenly over them (statistics need no more)."""
+  idx = sample_indices(meta, split, data_fraction=data_fraction, max_samples=max_records)
+  source = RecordSource(meta, split)
+  for start in range(0, len(idx), chunk):
+    recs = source.get_many([int(i) for i in idx[start:start + chunk]])
+    yield (np.stack([r["window"] for r in recs]),
+           np.array([r["num_future"] for r in recs], np.int64))
+
+
 def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = None
                 ) -> np.ndarray:
   """JPEG bytes -> [S, S, 3] uint8 RGB (resized when `size` differs), written into `out` if
@@ -152,10 +160,9 @@ def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = N
 # --- records -------------------------------------------------------------------------------
 # TFDS stores each record as a serialised tf.train.Example; since record version 1.1.0 the float
 # tensors are raw float32 bytes (Tensor encoding='bytes'), so parsing is protobuf's C parser plus
-# one np.frombuffer per tensor (~0.03 ms a record). TFDS's own `deserialize_example_np` reads the
-# same records but costs ~10x more (0.25-0.5 ms measured: per-feature dispatch through its
-# FeaturesDict, as much as a JPEG decode); the tests check both give the same values for every
-# record.
+# one np.frombuffer per tensor. TFDS's own `deserialize_example_np` reads the same records through
+# a per-feature dispatch that costs about as much as a JPEG decode (benchmarks/pipeline_bench.py);
+# the tests check both give the same values for every record.
 _FLOATS = ("window", "confidence", "mode_targets")  # float32, raw bytes
 _INTS = ("num_future", "episode_id", "frame", "task_id", "instruction_id", "mode")
 
@@ -262,8 +269,8 @@ class BatchIndices:
   forever), each epoch in a new order, cut into batches as one stream (a batch may straddle two
   epochs, as Grain's shuffle -> repeat -> batch would).
 
-  Grain's own `shuffle` costs ~0.1 ms per sample here (its index_shuffle plus per-element
-  bookkeeping, a third of a JPEG decode), so an epoch's order is one NumPy permutation instead,
+  Grain's own `shuffle` costs a sizeable fraction of a JPEG decode per sample (its index_shuffle
+  plus per-element bookkeeping), so an epoch's order is one NumPy permutation instead,
   seeded by (seed, epoch) and cached; a pure function of i, hence checkpointable and identical
   in every worker process.
   """

@@ -25,13 +25,18 @@ def build_vocab(instructions: list[str]) -> dict[str, int]:
   return {w: i + 2 for i, w in enumerate(vocab)}
 
 
-def build_table(instructions: list[str], max_len: int) -> tuple[np.ndarray, dict[str, int]]:
+def build_table(instructions: list[str], max_len: int, vocab_texts: list[str] | None = None
+                ) -> tuple[np.ndarray, dict[str, int]]:
   """-> (ids [N, L] int32 with L = min(longest, max_len), PAD-filled; vocab). N >= 1 always:
-  an empty instruction list gives one all-padding row, so lookups stay well defined."""
+  an empty instruction list gives one all-padding row, so lookups stay well defined.
+
+  The vocabulary comes from `vocab_texts` (the training split's instructions; default: all of
+  `instructions`): a word seen only in evaluation maps to UNK, whose embedding is trained on
+  nothing in particular rather than being an untrained row of its own."""
   if max_len < 1:
     raise ValueError(f"tokenizer.py: max_len must be >= 1, got {max_len}.")
   instructions = list(instructions) or [""]
-  vocab = build_vocab(instructions)
+  vocab = build_vocab(list(instructions if vocab_texts is None else vocab_texts))
   rows = [[vocab.get(w, UNK) for w in words(s)][:max_len] for s in instructions]
   length = max(1, max(len(r) for r in rows))
   table = np.full((len(rows), length), PAD, np.int32)

@@ -3,22 +3,23 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
+from egodex_jax import cli
 
-class _Parser(argparse.ArgumentParser):
-  """argparse that reports a usage error as one stderr line."""
 
-  def error(self, message):
-    sys.stderr.write(f"{self.prog}: error: {message}\n")
-    sys.exit(2)
+def _failed(message) -> int:
+  """A build failure: one stderr line, exit status 1 (usage errors are 2)."""
+  first = (str(message).splitlines() or [""])[0]
+  sys.stderr.write(f"egodex build failed: {cli.one_line(first)}\n")
+  return 1
 
 
 def main(argv=None) -> int:
-  p = _Parser(prog="python -m tfds_builder.egodex",
-              description="Build the EgoDex ArrayRecord dataset from a raw hdf5+mp4 tree.")
+  p = cli.ArgumentParser(prog="python -m tfds_builder.egodex",
+                         description="Build the EgoDex ArrayRecord dataset from a raw hdf5+mp4 "
+                         "tree.")
   p.add_argument("--raw_dir", required=True, help="raw tree (part1..5/test/extra, or any tree)")
   p.add_argument("--data_dir", required=True, help="TFDS data dir to write to")
   p.add_argument("--image_size", type=int, default=224)
@@ -34,14 +35,15 @@ def main(argv=None) -> int:
 
   # Cheap checks first: TFDS takes seconds to import.
   from egodex_jax.data import egodex  # pylint: disable=g-import-not-at-top
+  from tfds_builder.egodex import tfds_compat  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(args.raw_dir):
-    sys.stderr.write(f"egodex build failed: {args.raw_dir}: the raw EgoDex directory does not "
-                     "exist\n")
-    return 1
+    return _failed(f"{args.raw_dir}: the raw EgoDex directory does not exist")
   if not egodex.find_episodes(args.raw_dir):
-    sys.stderr.write(f"egodex build failed: {args.raw_dir}: holds no EgoDex episodes (no .hdf5 "
-                     "files found)\n")
-    return 1
+    return _failed(f"{args.raw_dir}: holds no EgoDex episodes (no .hdf5 files found)")
+  try:
+    tfds_compat.check_version()  # the builder applies tfds_compat around its generation
+  except tfds_compat.UnsupportedTfdsError as e:
+    return _failed(e)
 
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tfds_builder.egodex import egodex_dataset_builder as edb  # pylint: disable=g-import-not-at-top
@@ -68,12 +70,9 @@ def main(argv=None) -> int:
         manual_dir=os.path.abspath(args.raw_dir), beam_options=beam_options,
         compute_stats=tfds.download.ComputeStatsMode.SKIP))
   except (ValueError, OSError) as e:
-    sys.stderr.write(f"egodex build failed: {str(e).splitlines()[0] if str(e) else repr(e)}\n")
-    return 1
+    return _failed(str(e) or repr(e))
   except Exception as e:  # pylint: disable=broad-except
-    first = str(e).splitlines()[0] if str(e) else ""
-    sys.stderr.write(f"egodex build failed: {type(e).__name__}: {first}\n")
-    return 1
+    return _failed(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
   print(f"egodex: dataset written to {builder.data_dir}")
   return 0
 

@@ -11,6 +11,18 @@ from egodex_jax.data import synthetic
 from tfds_builder.egodex import egodex_dataset_builder as edb
 
 _CONFIG = edb.make_config(image_size=16, max_horizon=8)
+_DROPPED = "rightIndexFingerTip"  # the joint the one broken episode lacks
+
+
+def _write_missing_joint(root: str) -> None:
+  """root/broken/901.hdf5 + .mp4: a readable video, but the hdf5 lacks a joint (build skips it)."""
+  h, m = os.path.join(root, "broken", "901.hdf5"), os.path.join(root, "broken", "901.mp4")
+  attrs = synthetic.write_episode(h, m, "lift_cup", 0, width=64, height=48, num_frames=6)
+  with h5py.File(h, "r") as f:
+    transforms = {k: f["transforms"][k][()] for k in f["transforms"] if k != _DROPPED}
+    confidences = {k: f["confidences"][k][()] for k in f["confidences"]}
+    intrinsic = f["camera/intrinsic"][()]
+  synthetic.write_hdf5(h, transforms, confidences=confidences, intrinsic=intrinsic, attrs=attrs)
 
 
 class EgodexTest(tfds.testing.DatasetBuilderTestCase):
@@ -26,7 +38,7 @@ class EgodexTest(tfds.testing.DatasetBuilderTestCase):
   def setUpClass(cls):
     cls._tmp = tempfile.mkdtemp(prefix="egodex_dummy_")
     synthetic.generate(cls._tmp, 5, seed=7, width=48, height=32, min_frames=3, max_frames=14)
-    synthetic.write_broken_episode(cls._tmp, "missing_joint", num_frames=6)
+    _write_missing_joint(cls._tmp)
     cls.EXAMPLE_DIR = cls._tmp
     splits = edb.discover_splits(cls._tmp)
     cls.SPLITS = {}
@@ -34,7 +46,7 @@ class EgodexTest(tfds.testing.DatasetBuilderTestCase):
       total = 0
       for h, _ in pairs:
         with h5py.File(h, "r") as f:
-          if "transforms/rightIndexFingerTip" in f:
+          if f"transforms/{_DROPPED}" in f:
             total += f["transforms/camera"].shape[0]
       cls.SPLITS[split] = total
     super().setUpClass()

@@ -1,7 +1,4 @@
-"""Observation encoders: image (ResNet with GroupNorm), language, hand state, diffusion time.
-
-Each maps its input to one or more tokens of width `out_dim` for the transformer backbone.
-"""
+"""Image encoder 'resnet': a ResNet with GroupNorm (ResNet-18 at the paper's size)."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from egodex_jax.models import transformer
+from egodex_jax.models.encoders import base
 
 # ImageNet statistics: the usual input scaling for a ResNet (also what X-IL's ResNets expect).
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -59,6 +56,7 @@ def _pool_grid(feat, grid: int):
   return feat.reshape(b, grid * grid, c)
 
 
+@base.IMAGE.register("resnet")
 class ResNetEncoder(nn.Module):
   """uint8 images [B, S, S, 3] -> tokens [B, num_tokens, out_dim].
 
@@ -73,11 +71,27 @@ class ResNetEncoder(nn.Module):
   out_dim: int
   dtype: Any = jnp.float32
 
+  DEFAULTS = dict(stage_sizes=(2, 2, 2, 2), width=64, groups=32, num_tokens=1)
+  SIZES = {"tiny": dict(stage_sizes=(1, 1), width=8, groups=4),
+           "demo": dict(stage_sizes=(1, 1, 1, 1), width=16, groups=8)}
+
+  @classmethod
+  def from_config(cls, options, *, out_dim, dtype, **context):
+    del context
+    return cls(tuple(options["stage_sizes"]), int(options["width"]), int(options["groups"]),
+               int(options["num_tokens"]), out_dim, dtype)
+
+  @staticmethod
+  def count_tokens(options, spec) -> int:
+    del spec  # pooled to a fixed grid whatever the image size
+    return int(options["num_tokens"])
+
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, *, train=False):
+    del train
     grid = int(round(math.sqrt(self.num_tokens)))
     if grid * grid != self.num_tokens:
-      raise ValueError(f"encoders.py: image.num_tokens must be a square (1, 4, 9, ...), "
+      raise ValueError(f"resnet.py: image.num_tokens must be a square (1, 4, 9, ...), "
                        f"got {self.num_tokens}.")
     x = (images.astype(jnp.float32) / 255.0 - _MEAN) / _STD
     x = x.astype(self.dtype)
@@ -92,79 +106,3 @@ class ResNetEncoder(nn.Module):
                        name=f"stage_{i}_block_{j}")(x)
     tokens = _pool_grid(x, grid)  # [B, n, C]
     return nn.Dense(self.out_dim, dtype=self.dtype, name="proj")(tokens)
-
-
-class WordEncoder(nn.Module):
-  """Learned text encoder over word ids [B, L] (0 = padding) -> one token [B, 1, out_dim].
-
-  Embedding + learned positions + `num_layers` transformer blocks (0: plain mean of embeddings),
-  then a mean over real words and a linear map.
-  """
-  vocab_size: int
-  max_len: int
-  width: int
-  num_layers: int
-  num_heads: int
-  out_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, ids, *, train=False):
-    valid = ids > 0  # [B, L]
-    x = nn.Embed(self.vocab_size, self.width, name="embed")(ids)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_len, self.width))
-    x = (x + pos[None, :ids.shape[1]]).astype(self.dtype)
-    # Padded keys masked out; an all-padding row attends to everything rather than to nothing.
-    key_mask = valid | ~valid.any(-1, keepdims=True)
-    for i in range(self.num_layers):
-      x, _ = transformer.Block(self.width, self.num_heads, dtype=self.dtype, name=f"block_{i}")(
-          x, key_mask[:, None, :], train=train)
-    w = valid[..., None].astype(x.dtype)
-    pooled = (x * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
-    return nn.Dense(self.out_dim, dtype=self.dtype, name="proj")(pooled)[:, None]
-
-
-class FrozenEmbeddingProjection(nn.Module):
-  """A frozen sentence embedding [B, E] (e.g. MiniLM's, looked up outside) -> [B, 1, out_dim]."""
-  out_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, emb):
-    return nn.Dense(self.out_dim, dtype=self.dtype, name="proj")(emb.astype(self.dtype))[:, None]
-
-
-class StateEncoder(nn.Module):
-  """Hand state [B, 48] -> [B, 1, out_dim] through an MLP."""
-  hidden: int
-  num_layers: int
-  out_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, state):
-    x = state.astype(self.dtype)
-    for i in range(self.num_layers - 1):
-      x = nn.gelu(nn.Dense(self.hidden, dtype=self.dtype, name=f"dense_{i}")(x))
-    return nn.Dense(self.out_dim, dtype=self.dtype, name="out")(x)[:, None]
-
-
-def sinusoidal(t, dim: int, max_period: float = 10_000.0):
-  """t [N] in [0, 1] -> [N, dim] sinusoidal features (t scaled by 1000 as in DDPM practice)."""
-  half = dim // 2
-  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None]
-  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], -1)
-  return jnp.pad(emb, ((0, 0), (0, dim - 2 * half)))
-
-
-class TimeEncoder(nn.Module):
-  """Diffusion / flow time t [N] in [0, 1] -> one token [N, 1, out_dim]."""
-  out_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, t):
-    x = sinusoidal(t, self.out_dim).astype(self.dtype)
-    x = nn.silu(nn.Dense(self.out_dim, dtype=self.dtype, name="dense_0")(x))
-    return nn.Dense(self.out_dim, dtype=self.dtype, name="dense_1")(x)[:, None]

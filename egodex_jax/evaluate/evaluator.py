@@ -1,0 +1,167 @@
+"""Best-of-K over a test split: sample, de-normalise, score the model and the baselines.
+
+`Evaluator(policy, normalizer, ks=...)` holds its one jitted step, so training builds it once and
+reuses it for every periodic evaluation (one compilation); `evaluate(...)` is the one-off form.
+Batches are canonical (metres, camera frame t; docs/interfaces.md's batch table); the evaluator
+sends `data/batch.py`'s EVAL_KEYS to the device and the policy sees only
+`normalizer.normalize_obs(batch)`: never the ground truth.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from egodex_jax.data import batch as batch_lib
+from egodex_jax.evaluate import baselines
+from egodex_jax.evaluate import metric
+from egodex_jax.evaluate import modes
+from egodex_jax.evaluate import report
+
+_SCORED = ("model", "static", "mean_traj")
+
+
+def _pad_rows(x, size: int, is_padding: bool):
+  """[b, ...] -> [size, ...] by repeating row 0; padded rows are marked padded (never scored)."""
+  x = np.asarray(x)
+  if x.shape[0] >= size:
+    return x
+  fill = np.ones_like(x[:1]) if is_padding else x[:1]
+  return np.concatenate([x, np.repeat(fill, size - x.shape[0], axis=0)])
+
+
+def _device_batch(batch: dict, size: int) -> dict:
+  """EVAL_KEYS of `batch`, rows padded to `size` so that a short last batch does not recompile."""
+  return {k: jnp.asarray(_pad_rows(v, size, k == "padding"))
+          for k, v in batch_lib.select(batch, batch_lib.EVAL_KEYS).items()}
+
+
+def _examples(batch: dict, samples, n: int) -> dict:
+  """The first n items of a batch for `report.plot_examples` (samples [K, B, H, 48])."""
+  n = min(n, len(batch["actions"]))
+  return {"image": np.asarray(batch["image"][:n]), "actions": np.asarray(batch["actions"][:n]),
+          "padding": np.asarray(batch["padding"][:n]),
+          "samples": np.asarray(jax.device_get(samples[:, :n]))}
+
+
+def _per_task(task_figs: dict[str, dict], tasks: Sequence[str] | None) -> dict[str, Any]:
+  """{name: {task_id: figures}} -> {task label: {name: figures, "num_samples": n}}."""
+  out: dict[str, Any] = {}
+  for t, figs in task_figs["model"].items():
+    label = tasks[t] if tasks is not None and 0 <= t < len(tasks) else str(t)
+    out[label] = {name: {k: v for k, v in by_task[t].items() if k != "num_samples"}
+                  for name, by_task in task_figs.items()}
+    out[label]["num_samples"] = figs["num_samples"]
+  return out
+
+
+class Evaluator:
+  """Scores a policy's samples on test batches; one jitted step per instance.
+
+  A deterministic policy (`policy.is_deterministic`, BC) is sampled once and its one sample
+  counts for every K; a stochastic one gives max(ks) samples, of which the first K count for K.
+  """
+
+  def __init__(self, policy, normalizer, *, ks: Sequence[int] = metric.DEFAULT_KS,
+               margin: float = modes.DEFAULT_MODE_MARGIN,
+               radius: float = modes.DEFAULT_MODE_RADIUS):
+    self.policy = policy
+    self.normalizer = normalizer
+    self.ks = metric.check_ks(ks)
+    self.margin = float(margin)
+    self.radius = float(radius)
+    self.num_samples = 1 if policy.is_deterministic else max(self.ks)
+    self.step = jax.jit(self._step)
+
+  def _step(self, params, batch, rng, mean_delta):
+    """batch (EVAL_KEYS, [B, ...] canonical), mean_delta [H, 48] or None -> per-sample minima
+    {"model", "static", ["mean_traj"]}, ["modes"] (`modes.mode_hits`) and the canonical
+    "samples" [max(ks), B, H, 48]."""
+    ks = self.ks
+    gt, padding, state = batch["actions"], batch["padding"], batch["state"]
+    samples = self.policy.sample(params, self.normalizer.normalize_obs(batch), rng,
+                                 self.num_samples)
+    samples = self.normalizer.denormalize_samples(samples, state).astype(jnp.float32)
+    samples = jnp.broadcast_to(samples, (max(ks),) + samples.shape[1:])  # [max(ks), B, H, 48]
+    out = {"samples": samples,
+           "model": metric.minima(gt, padding, samples, ks),
+           "static": metric.minima(gt, padding, baselines.static_prediction(state, gt.shape[1]),
+                                   ks)}
+    if mean_delta is not None:
+      out["mean_traj"] = metric.minima(
+          gt, padding, baselines.mean_traj_prediction(state, mean_delta), ks)
+    if "mode" in batch and "mode_targets" in batch:
+      out["modes"] = modes.mode_hits(state, batch["mode"], batch["mode_targets"], gt, padding,
+                                     samples, ks=ks, margin=self.margin, radius=self.radius)
+    return out
+
+  def __call__(self, params, batches: Iterable[dict], *, rng, tasks: Sequence[str] | None = None,
+               mean_trajectory=None, max_batches: int | None = None, workdir: str | None = None,
+               num_plot_examples: int = 4, intrinsic=None, frame_size=None) -> dict[str, Any]:
+    """Best-of-K of `params` over `batches` (batch i sampled with fold_in(rng, i)).
+
+    Beside the model, on the same samples: `static` (the current hand state held for H frames)
+    and `mean_traj` (the state plus `mean_trajectory` [H, 48], see `baselines.mean_trajectory`;
+    omitted when None). Mode coverage (`modes.mode_hits`) over the samples with a known mode.
+    With `workdir`, writes eval_results.json/.md and the plots in WORKDIR/vis/
+    (`intrinsic`/`frame_size`: K and (W, H) of the full frames the S x S batch images were
+    resized from, without crop; EgoDex's constant K at 1920x1080 by default).
+
+    Returns {"model": figures, "static": ..., "mean_traj": ..., "per_task": {task: {"model": ...,
+    "static": ..., "mean_traj": ..., "num_samples": n}}, "mode_coverage": {...},
+    "num_samples": n, "num_batches": b, "ks": [...]}. Figures are NaN when no sample was unpadded.
+    """
+    mean_delta = None if mean_trajectory is None else jnp.asarray(mean_trajectory, jnp.float32)
+    names = [n for n in _SCORED if n != "mean_traj" or mean_delta is not None]
+    accs = {name: metric.BestOfKAccumulator(self.ks) for name in names}
+    mode_acc = modes.ModeCoverageAccumulator(self.ks)
+    examples = None
+    num_batches = 0
+    full_size = 0  # a smaller last batch is padded to the first one's size
+    for i, batch in enumerate(batches):
+      if max_batches is not None and i >= max_batches:
+        break
+      size = len(batch["actions"])
+      full_size = full_size or size
+      task_id = np.asarray(batch["task_id"]) if "task_id" in batch else None
+      out = self.step(params, _device_batch(batch, full_size), jax.random.fold_in(rng, i),
+                      mean_delta)
+      samples = out.pop("samples")  # fetched only for the plotted examples
+      out = jax.device_get(out)
+      for name, acc in accs.items():
+        acc.update(*(x[:size] for x in out[name]), task_id=task_id)
+      if "modes" in out:
+        mode_acc.update(*(x[:size] for x in out["modes"]))
+      if examples is None and num_plot_examples > 0:
+        examples = _examples(batch, samples, num_plot_examples)
+      num_batches += 1
+
+    results: dict[str, Any] = {name: acc.result() for name, acc in accs.items()}
+    results["per_task"] = _per_task({name: acc.per_task() for name, acc in accs.items()}, tasks)
+    results["mode_coverage"] = mode_acc.result()
+    results["num_samples"] = accs["model"].count
+    results["num_batches"] = num_batches
+    results["ks"] = list(self.ks)
+    if workdir is not None:
+      report.write_results(workdir, results)
+      if examples is not None:
+        report.plot_examples(os.path.join(workdir, "vis", "examples.png"), examples,
+                             intrinsic=intrinsic, frame_size=frame_size)
+      report.plot_vs_k(os.path.join(workdir, "vis", "best_of_k.png"), results)
+    return results
+
+
+def evaluate(policy, params, batches: Iterable[dict], normalizer, *,
+             ks: Sequence[int] = metric.DEFAULT_KS, margin: float = modes.DEFAULT_MODE_MARGIN,
+             radius: float = modes.DEFAULT_MODE_RADIUS, **kwargs) -> dict[str, Any]:
+  """One-off evaluation: `Evaluator(policy, normalizer, ...)(params, batches, **kwargs)`.
+
+  Compiles a fresh step on every call: a caller that evaluates repeatedly (training) keeps one
+  `Evaluator` instead.
+  """
+  evaluator = Evaluator(policy, normalizer, ks=ks, margin=margin, radius=radius)
+  return evaluator(params, batches, **kwargs)

@@ -1,0 +1,141 @@
+"""Result files (eval_results.json / .md) and plots (predicted paths on the frame; distance
+vs K)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+import numpy as np
+
+from egodex_jax import skeleton
+from egodex_jax.evaluate import metric
+
+_ROWS = ("model", "static", "mean_traj")
+
+
+# --- Result files --------------------------------------------------------------------------------
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (np.integer,)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return None if not math.isfinite(float(x)) else float(x)  # strict JSON has no NaN
+  return x
+
+
+def _fmt(v) -> str:
+  return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+  """Markdown tables (metres): model/static/mean_traj x avg/final @K, then per task (model)."""
+  ks = results.get("ks", list(metric.DEFAULT_KS))
+  cols = [f"avg@{k}" for k in ks] + [f"final@{k}" for k in ks]
+  lines = [f"# Best-of-K ({results.get('num_samples', 0)} samples, metres)", "",
+           "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+  for name in _ROWS:
+    if name in results:
+      lines.append(f"| {name} | " + " | ".join(_fmt(results[name].get(c)) for c in cols) + " |")
+  if results.get("per_task"):
+    lines += ["", "## Per task (model)", "", "| task | n | " + " | ".join(cols) + " |",
+              "|---" * (len(cols) + 2) + "|"]
+    for task, figs in results["per_task"].items():
+      lines.append(f"| {task} | {figs.get('num_samples', '')} | "
+                   + " | ".join(_fmt(figs["model"].get(c)) for c in cols) + " |")
+  mc = results.get("mode_coverage")
+  if mc and mc.get("num_committed"):
+    keys = [k for k in mc if k.startswith("coverage@")] + ["precision"]
+    lines += ["", f"## Mode coverage ({mc['num_committed']} committed samples)", "",
+              "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|",
+              "| " + " | ".join(_fmt(mc[k]) for k in keys) + " |"]
+  return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: str, results: dict[str, Any]) -> tuple[str, str]:
+  """Writes WORKDIR/eval_results.json (NaN as null) and WORKDIR/eval_results.md; returns paths."""
+  os.makedirs(workdir, exist_ok=True)
+  clean = _jsonable(results)
+  json_path = os.path.join(workdir, "eval_results.json")
+  md_path = os.path.join(workdir, "eval_results.md")
+  with open(json_path, "w") as f:
+    json.dump(clean, f, indent=2, allow_nan=False)
+  with open(md_path, "w") as f:
+    f.write(results_markdown(clean))
+  return json_path, md_path
+
+
+# --- Plots ---------------------------------------------------------------------------------------
+
+def scaled_intrinsic(intrinsic, frame_size, image_size: int) -> np.ndarray:
+  """K of the full W x H frame -> K of its S x S resize (no crop): x by S/W, y by S/H."""
+  w, h = frame_size
+  return np.diag([image_size / w, image_size / h, 1.0]) @ np.asarray(intrinsic, np.float64)
+
+
+def _pyplot():
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def plot_examples(path: str, examples: dict, *, intrinsic=None, frame_size=None) -> str:
+  """A grid of test frames with the ground-truth keypoint paths (green) and the K predicted
+  paths (red) reprojected through the intrinsics scaled to the S x S image.
+
+  examples: image [n, S, S, 3], actions [n, H, 48], samples [K, n, H, 48] (canonical metres).
+  """
+  from egodex_jax import geometry  # pylint: disable=g-import-not-at-top
+  plt = _pyplot()
+  frame_size = frame_size or (skeleton.IMAGE_WIDTH, skeleton.IMAGE_HEIGHT)
+  intrinsic = skeleton.default_intrinsic(*frame_size) if intrinsic is None else intrinsic
+  images, gt, samples = examples["image"], examples["actions"], examples["samples"]
+  n, s = images.shape[0], images.shape[1]
+  K = scaled_intrinsic(intrinsic, frame_size, s)
+  fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
+  for b in range(n):
+    ax = axes[0, b]
+    ax.imshow(images[b])
+    for pred in samples[:, b]:                                  # [H, 48]
+      uv = geometry.project(skeleton.keypoints(np.asarray(pred, np.float64)), K)  # [H, 12, 2]
+      for j in range(uv.shape[1]):
+        ax.plot(uv[:, j, 0], uv[:, j, 1], color="red", lw=0.6, alpha=0.5)
+    uv = geometry.project(skeleton.keypoints(np.asarray(gt[b], np.float64)), K)
+    for j in range(uv.shape[1]):
+      ax.plot(uv[:, j, 0], uv[:, j, 1], color="lime", lw=1.2)
+    ax.set_xlim(0, s)
+    ax.set_ylim(s, 0)
+    ax.set_axis_off()
+    ax.set_title(f"sample {b}", fontsize=8)
+  fig.suptitle("ground truth (green), K predictions (red)", fontsize=9)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return path
+
+
+def plot_vs_k(path: str, results: dict[str, Any]) -> str:
+  """avg and final distance against K for the model and each baseline."""
+  plt = _pyplot()
+  ks = results.get("ks", list(metric.DEFAULT_KS))
+  fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
+  for ax, name in zip(axes, ("avg", "final")):
+    for row in _ROWS:
+      if row in results:
+        ax.plot(ks, [results[row][f"{name}@{k}"] for k in ks], marker="o", label=row)
+    ax.set_xlabel("K")
+    ax.set_ylabel(f"{name} distance (m)")
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  fig.savefig(path, dpi=100, bbox_inches="tight")
+  plt.close(fig)
+  return path

@@ -1,0 +1,162 @@
+"""Worker side of the EgoDex build: one raw episode -> its per-frame records.
+
+Runs in the builder's process pool (and on Beam workers), so everything here is a module-level
+function that pickles by name; nothing needs TFDS.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import pickle
+import tempfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from egodex_jax import geometry
+from egodex_jax import skeleton
+from egodex_jax.data import actions as actions_lib
+from egodex_jax.data import egodex
+
+JPEG_QUALITY = 90
+MAX_MODES = 2  # rows of a record's mode_targets
+CHUNK_FRAMES = 64  # frames per pickled chunk in a worker's spill file
+
+
+def _mode(attrs: dict[str, Any]) -> tuple[int, np.ndarray]:
+  """Synthetic episodes' mode and world-frame targets [MAX_MODES, 3]; real ones: -1, zeros."""
+  targets = np.zeros((MAX_MODES, 3), np.float64)
+  mode = attrs.get("mode", -1)
+  try:
+    mode = int(mode)
+    raw = attrs.get("mode_targets", "[]")
+    pts = np.asarray(json.loads(raw) if isinstance(raw, str) else raw, np.float64).reshape(-1, 3)
+    targets[:min(len(pts), MAX_MODES)] = pts[:MAX_MODES]
+  except (TypeError, ValueError):
+    mode = -1
+  return mode, targets
+
+
+def probe(pair: tuple[str, str]) -> dict[str, Any]:
+  """Validates one episode (poses + that the video reaches frame N-1); never raises."""
+  try:
+    ep = egodex.load_episode(*pair, check_video=True)
+    mode, _ = _mode(ep.attrs)
+    return {"ok": True, "num_frames": ep.num_frames, "task": ep.task,
+            "instruction": ep.instruction, "mode": mode}
+  except Exception as e:  # pylint: disable=broad-except
+    return {"ok": False, "reason": _reason(pair[0], e)}
+
+
+def _reason(path: str, e: Exception) -> str:
+  if isinstance(e, egodex.EpisodeError):
+    return str(e)
+  return f"{path}: {type(e).__name__}: {e}"
+
+
+def _slice(ep: egodex.Episode, start: int, stop: int) -> egodex.Episode:
+  return dataclasses.replace(ep, transforms={k: v[start:stop] for k, v in ep.transforms.items()})
+
+
+def episode_records(pair: tuple[str, str], image_size: int, max_horizon: int
+                    ) -> Iterator[dict[str, Any]]:
+  """Streams one episode's per-frame records (without ids); raises EpisodeError on faults."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  ep = egodex.load_episode(*pair, check_video=False)
+  n = ep.num_frames
+  mode, targets_world = _mode(ep.attrs)
+  conf = np.ones((n, len(skeleton.KEYPOINT_JOINTS)), np.float32)
+  if ep.confidences is not None:
+    conf = np.stack([ep.confidences[j] for j in skeleton.KEYPOINT_JOINTS], 1).astype(np.float32)
+  inv_cam = geometry.se3_inverse(ep.camera.astype(np.float64))  # [N, 4, 4] world-to-camera
+  window = num_future = None
+  with egodex.VideoReader(ep.video_path) as reader:
+    frames = iter(reader)
+    for t in range(n):
+      if t % CHUNK_FRAMES == 0:  # windows of a block: slice M frames past it, not the episode
+        stop = min(n, t + CHUNK_FRAMES + max_horizon)
+        window, num_future = actions_lib.action_windows(_slice(ep, t, stop), max_horizon)
+      frame = next(frames, None)
+      if frame is None:
+        raise egodex.EpisodeError(f"{pair[0]}: its video ends at frame {t}, before the "
+                                  f"{n} pose rows")
+      small = cv2.resize(frame, (image_size, image_size), interpolation=cv2.INTER_AREA)
+      ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
+                              [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+      if not ok:
+        raise egodex.EpisodeError(f"{pair[0]}: OpenCV could not JPEG-encode frame {t}")
+      R, p = inv_cam[t, :3, :3], inv_cam[t, :3, 3]
+      mode_targets = (targets_world @ R.T + p) if mode >= 0 else np.zeros((MAX_MODES, 3))
+      i = t % CHUNK_FRAMES
+      yield {"image": jpeg.tobytes(), "window": window[i], "num_future": np.int32(num_future[i]),
+             "frame": np.int32(t), "confidence": conf[t], "mode": np.int32(mode),
+             "mode_targets": mode_targets.astype(np.float32)}
+
+
+def encode_episode(job: tuple[tuple[str, str], int, int, str]) -> dict[str, Any]:
+  """Worker task: spills the episode's records to a pickle file in chunks; never raises."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  cv2.setNumThreads(1)  # one process per core already
+  pair, image_size, max_horizon, spill_dir = job
+  fd, path = tempfile.mkstemp(suffix=".pkl", dir=spill_dir)
+  count = 0
+  try:
+    with os.fdopen(fd, "wb") as f:
+      chunk = []
+      for rec in episode_records(pair, image_size, max_horizon):
+        chunk.append(rec)
+        if len(chunk) == CHUNK_FRAMES:
+          pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+          count += len(chunk)
+          chunk = []
+      if chunk:
+        pickle.dump(chunk, f, protocol=pickle.HIGHEST_PROTOCOL)
+        count += len(chunk)
+    return {"ok": True, "spill": path, "num_records": count}
+  except Exception as e:  # pylint: disable=broad-except
+    if os.path.exists(path):
+      os.remove(path)
+    return {"ok": False, "reason": _reason(pair[0], e)}
+
+
+def read_spill(path: str) -> Iterator[dict[str, Any]]:
+  try:
+    with open(path, "rb") as f:
+      while True:
+        try:
+          chunk = pickle.load(f)
+        except EOFError:
+          return
+        yield from chunk
+  finally:
+    os.remove(path)
+
+
+def beam_episode(job: dict[str, Any], image_size: int, max_horizon: int):
+  """Beam: one planned episode -> (key, record); keys are record indices (disable_shuffling
+  sorts by them). An episode that passed the probe but fails here fails the job, since a hole
+  would shift every later record index."""
+  ids = {"episode_id": np.int32(job["episode_id"]), "task_id": np.int32(job["task_id"]),
+         "instruction_id": np.int32(job["instruction_id"])}
+  for t, rec in enumerate(episode_records(tuple(job["pair"]), image_size, max_horizon)):
+    rec.update(ids)
+    yield job["first_index"] + t, rec
+
+
+def ordered_map(pool, fn, jobs, ahead: int) -> Iterator[Any]:
+  """pool.map in order with at most `ahead` tasks in flight (bounded memory and disk)."""
+  pending = collections.deque()
+  jobs = iter(jobs)
+  for job in jobs:
+    pending.append(pool.submit(fn, job))
+    if len(pending) >= ahead:
+      break
+  while pending:
+    result = pending.popleft().result()
+    nxt = next(jobs, None)
+    if nxt is not None:
+      pending.append(pool.submit(fn, nxt))
+    yield result
