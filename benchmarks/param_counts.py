@@ -12,11 +12,9 @@ import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from egodex_jax.data import batch as batch_lib
 from egodex_jax.models import backbones, heads
 from egodex_jax.models import config as config_lib
 from egodex_jax.models import policy as policy_lib
-from egodex_jax.models.network import PolicyNet  # noqa: E402
 
 IMAGE_SIZE = {"tiny": 32, "demo": 64, "paper": 224, "large": 224}
 

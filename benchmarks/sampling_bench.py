@@ -38,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from egodex_jax.data import batch as batch_lib
-from egodex_jax.models import backbones, heads
 from egodex_jax.models import config as config_lib
 from egodex_jax.models import policy as policy_lib
 from egodex_jax.models.network import PolicyNet
@@ -103,12 +102,12 @@ def bench(backbone, *, batch, image_size, horizon, k, repeats, jit_naive=False,
   res.update(a_sample_s=round(t_a, 3), b_naive_eager_s=round(t_b, 3), c_floor_s=round(t_c, 3),
              c_encode_s=round(t_enc, 3), c_action_steps_s=round(t_steps, 3))
   if same_batch_floor:
-    obs_k = jax.block_until_ready(policy.repeat_obs(obs, k))
+    obs_k = jax.block_until_ready(policy_lib.repeat_items(obs, k))
     t_c_kb = t_enc + _best(action_steps(k * batch, s), (params, obs_k), repeats)
     res.update(c_kb_floor_s=round(t_c_kb, 3), a_over_c_kb=round(t_a / t_c_kb, 3))
   if jit_naive:
     def naive_barrier(params, batch, rng):
-      inputs = policy.repeat_obs(policy.inputs(batch), k)
+      inputs = policy_lib.repeat_items(policy.inputs(batch), k)
       def predict(x_t, t):
         inp, x_t = jax.lax.optimization_barrier((inputs, x_t))  # inputs now vary per step
         return policy.net.apply({"params": params}, inp, x_t, t, method=PolicyNet.full)

@@ -18,7 +18,6 @@ plots under docs/results/.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess

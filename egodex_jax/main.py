@@ -119,6 +119,8 @@ def _parse_flags(argv):
 
 
 def cli():
+  # Our progress lines, warnings and errors; --verbosity=0 brings the libraries' INFO logs back.
+  flags.FLAGS.set_default('verbosity', -1)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -18,7 +18,6 @@ loss stops the run, naming the step (the last good checkpoint stays).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import signal

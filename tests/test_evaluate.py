@@ -1,6 +1,7 @@
 """Best-of-K metric, streaming accumulation and mode coverage against hand-made answers."""
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -389,3 +390,22 @@ def test_relative_actions_are_scored_as_absolute_metres():
   expect = evaluate.best_of_k(b["actions"], b["padding"], want, ks=ks)
   for key, v in expect.items():
     assert res["model"][key] == pytest.approx(v, rel=1e-4)
+
+
+def test_plotted_examples_come_from_different_tasks_then_episodes(tmp_path):
+  from egodex_jax.evaluate import evaluator as evaluator_lib
+  picker = evaluator_lib._ExamplePicker(3, ["lid", "cup"])
+  b, h = 6, 4
+  batch = dict(image=np.zeros((b, 8, 8, 3), np.uint8), actions=np.zeros((b, h, 48), np.float32),
+               state=np.zeros((b, 48), np.float32), padding=np.zeros((b, h), bool),
+               task_id=np.array([0, 0, 0, 0, 1, 1]), episode_id=np.array([3, 3, 4, 4, 7, 7]),
+               frame=np.arange(b))
+  batch["padding"][2] = True  # episode 4's first frame is padded: its second is taken instead
+  picker.offer(batch, np.arange(2 * b * h * 48, dtype=np.float32).reshape(2, b, h, 48))
+  ex = picker.examples()
+  assert [t.split("\n")[0] for t in ex["titles"]] == ["lid", "cup", "lid"]  # tasks first
+  assert [t.split("\n")[1] for t in ex["titles"]] == ["episode 3, frame 0", "episode 7, frame 4",
+                                                      "episode 4, frame 3"]
+  assert ex["samples"].shape == (2, 3, h, 48) and ex["image"].shape == (3, 8, 8, 3)
+  path = evaluate.plot_examples(str(tmp_path / "ex.png"), ex)
+  assert os.path.getsize(path) > 1000

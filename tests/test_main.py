@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 
 from helpers import REPO, TINY_ARG, TINY_OVERRIDES
 

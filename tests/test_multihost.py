@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 
-import pytest
 
 from egodex_jax import metrics
 from helpers import REPO, TINY_ARG, TINY_OVERRIDES

@@ -11,10 +11,8 @@ from jax.sharding import PartitionSpec as P
 from egodex_jax import sharding, train
 from egodex_jax.data import normalize
 from egodex_jax.data import batch as batch_lib
-from egodex_jax.models import backbones, heads
 from egodex_jax.models import config as config_lib
 from egodex_jax.models import policy as policy_lib
-from egodex_jax.models.network import PolicyNet
 
 
 def test_fsdp_rule_splits_largest_divisible_axis_of_big_arrays():

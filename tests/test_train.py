@@ -16,8 +16,6 @@ import pytest
 from egodex_jax import checkpoint, metrics, train
 from helpers import REPO, TINY_ARG, TINY_OVERRIDES, load_config, tiny_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 # --- tests ------------------------------------------------------------------------------
 
@@ -83,7 +81,7 @@ def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path)
   proc = _run_cli(run_dir, tiny_data, num_steps)
   out, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, out
-  assert f'Resuming from' in out and f'at step {stopped}' in out, out
+  assert 'Resuming from' in out and f'at step {stopped}' in out, out
   records = metrics.read_metrics(run_dir)
   got = {r['step']: r['loss'] for r in records}
   assert [r['step'] for r in records] == list(range(1, num_steps + 1))  # one clean history

@@ -6,6 +6,7 @@ result files and plots.
   baselines.py  static and mean-trajectory predictions
   evaluator.py  Evaluator (one jitted step, reused) and the one-off evaluate()
   report.py     eval_results.json/.md and the plots
+  oracle.py     oracle rows on synthetic data (every episode's modes known), gap_closed
 """
 
 from egodex_jax.evaluate.baselines import mean_trajectory
@@ -19,6 +20,8 @@ from egodex_jax.evaluate.modes import DEFAULT_MODE_MARGIN
 from egodex_jax.evaluate.modes import DEFAULT_MODE_RADIUS
 from egodex_jax.evaluate.modes import mode_hits
 from egodex_jax.evaluate.modes import ModeCoverageAccumulator
+from egodex_jax.evaluate.oracle import gap_closed
+from egodex_jax.evaluate.oracle import oracle_results
 from egodex_jax.evaluate.report import plot_examples
 from egodex_jax.evaluate.report import plot_vs_k
 from egodex_jax.evaluate.report import results_markdown

@@ -40,12 +40,47 @@ def _device_batch(batch: dict, size: int) -> dict:
           for k, v in batch_lib.select(batch, batch_lib.EVAL_KEYS).items()}
 
 
-def _examples(batch: dict, samples, n: int) -> dict:
-  """The first n items of a batch for `report.plot_examples` (samples [K, B, H, 48])."""
-  n = min(n, len(batch["actions"]))
-  return {"image": np.asarray(batch["image"][:n]), "actions": np.asarray(batch["actions"][:n]),
-          "padding": np.asarray(batch["padding"][:n]),
-          "samples": np.asarray(jax.device_get(samples[:, :n]))}
+class _ExamplePicker:
+  """Up to n plotted examples, one per episode, from different tasks first (consecutive frames
+  of one episode say little), each an unpadded item with its K samples."""
+
+  def __init__(self, n: int, tasks: Sequence[str] | None):
+    self.n, self.tasks = n, tasks
+    self.items: list[dict] = []    # one per task, in the order met
+    self.reserve: list[dict] = []  # further episodes of tasks already shown
+    self._tasks, self._episodes = set(), set()
+
+  def offer(self, batch: dict, samples) -> None:
+    if len(self.items) >= self.n:
+      return
+    size = len(batch["actions"])
+    task = np.asarray(batch.get("task_id", np.zeros(size, np.int32)))
+    episode = np.asarray(batch.get("episode_id", np.arange(size)))
+    frame = np.asarray(batch.get("frame", np.full(size, -1)))
+    padded = np.asarray(batch["padding"]).any(-1)
+    host = None
+    for b in range(size):
+      t, e = int(task[b]), int(episode[b])
+      new_task = t not in self._tasks
+      if padded[b] or e in self._episodes or (not new_task and len(self.reserve) >= self.n):
+        continue
+      host = np.asarray(jax.device_get(samples)) if host is None else host
+      label = self.tasks[t] if self.tasks is not None and 0 <= t < len(self.tasks) else str(t)
+      item = dict(image=np.asarray(batch["image"][b]), actions=np.asarray(batch["actions"][b]),
+                  state=np.asarray(batch["state"][b]), samples=host[:, b],
+                  title=f"{label}\nepisode {e}, frame {int(frame[b])}")
+      (self.items if new_task else self.reserve).append(item)
+      self._tasks.add(t)
+      self._episodes.add(e)
+
+  def examples(self) -> dict | None:
+    chosen = (self.items + self.reserve)[:self.n]
+    if not chosen:
+      return None
+    stack = lambda k: np.stack([it[k] for it in chosen])
+    return dict(image=stack("image"), actions=stack("actions"), state=stack("state"),
+                samples=np.stack([it["samples"] for it in chosen], axis=1),
+                titles=[it["title"] for it in chosen])
 
 
 def _per_task(task_figs: dict[str, dict], tasks: Sequence[str] | None) -> dict[str, Any]:
@@ -101,7 +136,7 @@ class Evaluator:
 
   def __call__(self, params, batches: Iterable[dict], *, rng, tasks: Sequence[str] | None = None,
                mean_trajectory=None, max_batches: int | None = None, workdir: str | None = None,
-               num_plot_examples: int = 4, intrinsic=None, frame_size=None) -> dict[str, Any]:
+               num_plot_examples: int = 6, intrinsic=None, frame_size=None) -> dict[str, Any]:
     """Best-of-K of `params` over `batches` (batch i sampled with fold_in(rng, i)).
 
     Beside the model, on the same samples: `static` (the current hand state held for H frames)
@@ -119,7 +154,7 @@ class Evaluator:
     names = [n for n in _SCORED if n != "mean_traj" or mean_delta is not None]
     accs = {name: metric.BestOfKAccumulator(self.ks) for name in names}
     mode_acc = modes.ModeCoverageAccumulator(self.ks)
-    examples = None
+    picker = _ExamplePicker(num_plot_examples, tasks)
     num_batches = 0
     full_size = 0  # a smaller last batch is padded to the first one's size
     for i, batch in enumerate(batches):
@@ -136,8 +171,7 @@ class Evaluator:
         acc.update(*(x[:size] for x in out[name]), task_id=task_id)
       if "modes" in out:
         mode_acc.update(*(x[:size] for x in out["modes"]))
-      if examples is None and num_plot_examples > 0:
-        examples = _examples(batch, samples, num_plot_examples)
+      picker.offer(batch, samples)
       num_batches += 1
 
     results: dict[str, Any] = {name: acc.result() for name, acc in accs.items()}
@@ -148,6 +182,7 @@ class Evaluator:
     results["ks"] = list(self.ks)
     if workdir is not None:
       report.write_results(workdir, results)
+      examples = picker.examples()
       if examples is not None:
         report.plot_examples(os.path.join(workdir, "vis", "examples.png"), examples,
                              intrinsic=intrinsic, frame_size=frame_size)

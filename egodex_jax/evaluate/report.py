@@ -87,10 +87,13 @@ def _pyplot():
 
 
 def plot_examples(path: str, examples: dict, *, intrinsic=None, frame_size=None) -> str:
-  """A grid of test frames with the ground-truth keypoint paths (green) and the K predicted
-  paths (red) reprojected through the intrinsics scaled to the S x S image.
+  """Test frames of different tasks/episodes with the right wrist's ground-truth path (green),
+  its K predicted paths (red) and where it is now (white), reprojected through the intrinsics
+  scaled to the S x S image. The right wrist alone keeps the fork of the multimodal tasks
+  readable at a glance.
 
-  examples: image [n, S, S, 3], actions [n, H, 48], samples [K, n, H, 48] (canonical metres).
+  examples: image [n, S, S, 3], actions [n, H, 48], samples [K, n, H, 48] (canonical metres),
+  optional state [n, 48] and titles [n].
   """
   from egodex_jax import geometry  # pylint: disable=g-import-not-at-top
   plt = _pyplot()
@@ -99,22 +102,32 @@ def plot_examples(path: str, examples: dict, *, intrinsic=None, frame_size=None)
   images, gt, samples = examples["image"], examples["actions"], examples["samples"]
   n, s = images.shape[0], images.shape[1]
   K = scaled_intrinsic(intrinsic, frame_size, s)
-  fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 3.4), squeeze=False)
+  wrist = slice(skeleton.hand_offset("right") + skeleton.WRIST_POS,
+                skeleton.hand_offset("right") + skeleton.WRIST_POS + 3)
+  uv_of = lambda x: geometry.project(np.asarray(x, np.float64)[..., wrist], K)  # [..., 2]
+  cols = min(n, 3)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.6 * rows), squeeze=False)
+  for ax in axes.ravel():
+    ax.set_axis_off()
   for b in range(n):
-    ax = axes[0, b]
+    ax = axes.ravel()[b]
     ax.imshow(images[b])
     for pred in samples[:, b]:                                  # [H, 48]
-      uv = geometry.project(skeleton.keypoints(np.asarray(pred, np.float64)), K)  # [H, 12, 2]
-      for j in range(uv.shape[1]):
-        ax.plot(uv[:, j, 0], uv[:, j, 1], color="red", lw=0.6, alpha=0.5)
-    uv = geometry.project(skeleton.keypoints(np.asarray(gt[b], np.float64)), K)
-    for j in range(uv.shape[1]):
-      ax.plot(uv[:, j, 0], uv[:, j, 1], color="lime", lw=1.2)
+      uv = uv_of(pred)
+      ax.plot(uv[:, 0], uv[:, 1], color="red", lw=0.9, alpha=0.6)
+      ax.plot(uv[-1, 0], uv[-1, 1], "o", color="red", ms=2.5, alpha=0.8)
+    uv = uv_of(gt[b])
+    ax.plot(uv[:, 0], uv[:, 1], color="lime", lw=1.8)
+    ax.plot(uv[-1, 0], uv[-1, 1], "o", color="lime", ms=4)
+    if "state" in examples:
+      now = uv_of(examples["state"][b])
+      ax.plot(now[0], now[1], "o", color="white", ms=4, mec="black")
     ax.set_xlim(0, s)
     ax.set_ylim(s, 0)
-    ax.set_axis_off()
-    ax.set_title(f"sample {b}", fontsize=8)
-  fig.suptitle("ground truth (green), K predictions (red)", fontsize=9)
+    ax.set_title(examples.get("titles", [f"sample {i}" for i in range(n)])[b], fontsize=8)
+  fig.suptitle(f"right wrist: ground truth (green), {samples.shape[0]} predictions (red), "
+               "now (white)", fontsize=9)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   fig.savefig(path, dpi=100, bbox_inches="tight")
   plt.close(fig)

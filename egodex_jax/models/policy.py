@@ -27,7 +27,7 @@ from egodex_jax.models import encoders
 from egodex_jax.models.network import PolicyNet
 
 
-def _repeat(tree, k: int):
+def repeat_items(tree, k: int):
   """Leaves [B, ...] -> [K*B, ...], sample-major (row k*B + b is copy k of item b)."""
   return jax.tree.map(lambda x: jnp.broadcast_to(x[None], (k,) + x.shape).reshape(
       (k * x.shape[0],) + x.shape[1:]), tree)
@@ -110,7 +110,7 @@ class Policy:
     """-> [K, B, H, 48] from an encoded observation (`encode`)."""
 
     def make_predict(n):
-      memory_n = _repeat(memory, n)
+      memory_n = repeat_items(memory, n)
       return lambda x_t, t: self.predict(params, memory_n, x_t, t)
 
     return self._samples(make_predict, jax.tree.leaves(memory)[0].shape[0], num_samples, rng)
@@ -123,7 +123,7 @@ class Policy:
     """Reference sampler: the full network (observation included) at every step."""
 
     def make_predict(n):
-      inputs = _repeat(self.inputs(obs), n)
+      inputs = repeat_items(self.inputs(obs), n)
       return lambda x_t, t: self.net.apply({"params": params}, inputs, x_t, t,
                                            method=PolicyNet.full)
 

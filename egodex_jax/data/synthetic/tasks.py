@@ -71,11 +71,18 @@ def _rest_keys(side, rng, n):
   return [(0, rest), (n * rng.uniform(0.3, 0.7), wiggle), (n - 1, rest)]
 
 
-def _task_block_on_mat(rng, n):
+def _draw_mode(rng, forced) -> int:
+  """The outcome of a two-mode task: always drawn, so that forcing one (a counterfactual of the
+  same episode) leaves every later draw of the episode where it was."""
+  drawn = int(rng.integers(2))
+  return drawn if forced is None else int(forced)
+
+
+def _task_block_on_mat(rng, n, mode=None):
   mats = [_table_pos(-0.20 + rng.uniform(-0.03, 0.03), -0.44 + rng.uniform(-0.04, 0.04)),
           _table_pos(0.20 + rng.uniform(-0.03, 0.03), -0.44 + rng.uniform(-0.04, 0.04))]
   block = _table_pos(rng.uniform(-0.10, 0.12), rng.uniform(-0.34, -0.24))
-  mode = int(rng.integers(2))
+  mode = _draw_mode(rng, mode)
   h = 0.07  # big enough to see in a 64-pixel image
   yaw, pitch, roll = rng.uniform(-0.15, 0.25), rng.uniform(0.55, 0.75), rng.uniform(-0.1, 0.1)
   rest = hands.rest_vec("right", rng)
@@ -99,13 +106,13 @@ def _task_block_on_mat(rng, n):
                [(2, "right", grasp, release)], mode, targets, attrs)
 
 
-def _task_ball_in_bowl(rng, n):
+def _task_ball_in_bowl(rng, n, mode=None):
   # A near-left and a far-right bowl, the ball between them: both targets lie well away from
   # the right hand's rest pose, so either outcome is a real movement.
   bowls = [_table_pos(-0.21 + rng.uniform(-0.03, 0.03), -0.38 + rng.uniform(-0.03, 0.03)),
            _table_pos(0.12 + rng.uniform(-0.03, 0.03), -0.58 + rng.uniform(-0.03, 0.03))]
   ball = _table_pos(rng.uniform(-0.07, 0.07), rng.uniform(-0.42, -0.30))
-  mode = int(rng.integers(2))
+  mode = _draw_mode(rng, mode)
   r = 0.035
   yaw, pitch, roll = rng.uniform(0.0, 0.35), rng.uniform(0.6, 0.8), rng.uniform(-0.1, 0.1)
   rest = hands.rest_vec("right", rng)
@@ -218,10 +225,23 @@ def episode_rng(seed: int, episode: int) -> np.random.Generator:
   return np.random.default_rng(np.random.SeedSequence([int(seed), int(episode)]))
 
 
-def simulate(task: str, rng: np.random.Generator, num_frames: int) -> dict:
-  """Scene-level simulation of one episode (no files): poses, objects, confidences, attrs."""
+def simulate(task: str, rng: np.random.Generator, num_frames: int, mode: int | None = None
+             ) -> dict:
+  """Scene-level simulation of one episode (no files): poses, objects, confidences, attrs.
+
+  `mode` forces the outcome of a MULTIMODAL_TASKS task (0 or 1) after it was drawn as usual, so
+  the same rng gives the same episode under its own mode and its counterfactual under the other
+  (same scene, same noise). A unimodal task accepts only None or -1 (its one outcome).
+  """
   n = int(num_frames)
-  plan = TASKS[task](rng, n)
+  if task in MULTIMODAL_TASKS:
+    if mode not in (None, 0, 1):
+      raise ValueError(f"{task} has modes 0 and 1, got mode={mode!r}")
+    plan = TASKS[task](rng, n, mode)
+  else:
+    if mode not in (None, -1):
+      raise ValueError(f"{task} has one outcome (mode -1), got mode={mode!r}")
+    plan = TASKS[task](rng, n)
   wrists, curls = {}, {}
   for side in skeleton.SIDES:
     wrists[side], curls[side] = hands.hand_tracks(plan.hands[side], n, rng)

@@ -17,6 +17,9 @@ from egodex_jax.data.synthetic import scene
 from egodex_jax.data.synthetic import tasks
 
 
+SOURCE_ATTR = "synthetic_source"  # JSON {seed, episode, min_frames, max_frames}: re-simulation
+
+
 def _attrs(task, plan, rng, index, world) -> dict:
   """The hdf5 root attributes: one phrasing drawn as the instruction, mode targets moved into
   the world frame [4, 4] and stored as JSON."""
@@ -59,18 +62,58 @@ def write_episode(hdf5_path: str, mp4_path: str | None, task: str, seed: int, ep
                   *, width: int = 320, height: int = 240, num_frames: int | None = None,
                   min_frames: int = 90, max_frames: int = 240) -> dict:
   """Writes one episode (the video only when mp4_path is given) -> its root attributes."""
-  rng = tasks.episode_rng(seed, episode)
-  n = int(num_frames) if num_frames else int(rng.integers(min_frames, max_frames + 1))
-  sim = tasks.simulate(task, rng, n)
-  world = scene.world_transform(rng)
-  attrs = _attrs(task, sim["plan"], rng, episode, world)
+  drawn = (None, None) if num_frames else (min_frames, max_frames)
+  sim, transforms, attrs, rng = _episode(task, seed, episode, num_frames, *drawn)
+  # What re-simulates the episode (`counterfactual_poses`); an extra attribute, after the others.
+  attrs[SOURCE_ATTR] = json.dumps(dict(seed=int(seed), episode=int(episode),
+                                       min_frames=drawn[0], max_frames=drawn[1]))
   K = skeleton.default_intrinsic(width, height)
-
-  transforms = {name: world @ sim["scene"][name] for name in skeleton.JOINTS + (skeleton.CAMERA,)}
   write_hdf5(hdf5_path, transforms, confidences=sim["confidences"], intrinsic=K, attrs=attrs)
   if mp4_path is not None:
     _write_video(mp4_path, sim, width, height, K, rng)
   return attrs
+
+
+def _episode(task, seed, episode, num_frames, min_frames, max_frames, mode=None):
+  """The one derivation of an episode from (seed, episode): (sim, world-frame transforms
+  {name: [N, 4, 4] float64}, root attributes, the rng as the video takes it over)."""
+  rng = tasks.episode_rng(seed, episode)
+  n = int(num_frames) if min_frames is None else int(rng.integers(min_frames, max_frames + 1))
+  sim = tasks.simulate(task, rng, n, mode)
+  world = scene.world_transform(rng)
+  attrs = _attrs(task, sim["plan"], rng, episode, world)
+  transforms = {name: world @ sim["scene"][name] for name in skeleton.JOINTS + (skeleton.CAMERA,)}
+  return sim, transforms, attrs, rng
+
+
+def counterfactual_poses(hdf5_path: str) -> list[dict[str, np.ndarray]]:
+  """A written synthetic episode re-simulated under each of its modes -> [{name: [N, 4, 4]
+  float32}] indexed by mode (one element, the episode itself, for a unimodal task), in the world
+  frame and dtype `write_episode` wrote. The episode's own mode is checked to give its file's
+  transforms exactly; ValueError (one sentence) when the file has no recorded source or is not
+  reproduced (written by another version of the generator)."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  with h5py.File(hdf5_path, "r") as f:
+    attrs = dict(f.attrs)
+    if SOURCE_ATTR not in attrs:
+      raise ValueError(f"{hdf5_path}: not a synthetic episode with a recorded seed (no "
+                       f"'{SOURCE_ATTR}' attribute); regenerate it with egodex_jax.data.synthetic")
+    written = {name: f[f"transforms/{name}"][()] for name in f["transforms"]}
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
+  src = json.loads(text(attrs[SOURCE_ATTR]))
+  task, mode = text(attrs["task"]), int(attrs["mode"])
+  n = written[skeleton.CAMERA].shape[0]
+  modes = (0, 1) if task in tasks.MULTIMODAL_TASKS else (-1,)
+  out = []
+  for m in modes:
+    _, transforms, _, _ = _episode(task, src["seed"], src["episode"], n, src["min_frames"],
+                                   src["max_frames"], m)
+    out.append({k: v.astype(np.float32) for k, v in transforms.items()})
+  own = out[max(mode, 0)]
+  if set(own) != set(written) or any(not np.array_equal(own[k], written[k]) for k in written):
+    raise ValueError(f"{hdf5_path}: re-simulating seed {src['seed']}, episode {src['episode']} "
+                     "does not reproduce the file (written by another version of the generator)")
+  return out
 
 
 def _write_video(mp4_path, sim, width, height, K, rng) -> None:
