@@ -309,7 +309,20 @@ def run_evaluation(config, meta, evaluator, params, normalizer, *, num_batches: 
                   max_samples=None if num_batches < 0 else num_batches * bs)
   return evaluator(params, iter(test), rng=jax.random.PRNGKey(config.seed + 2), tasks=meta.tasks,
                    mean_trajectory=np.asarray(normalizer.stats['mean_delta'], np.float32),
+                   reference=_oracle(config, meta, num_batches) if workdir else None,
                    workdir=workdir if jax.process_index() == 0 else None)
+
+
+def _oracle(config, meta, num_batches: int) -> dict | None:
+  """The oracle rows of a synthetic run (what is achievable, evaluate/oracle.py), else None."""
+  if not config.demo.enabled:
+    return None
+  d = config.demo
+  bs = config.eval.batch_size
+  return evaluate.oracle_results(
+      meta.data_dir, d.raw_dir, config.eval.split, horizon=config.data.horizon,
+      ks=tuple(config.eval.ks), max_samples=None if num_batches < 0 else num_batches * bs,
+      tasks=meta.tasks, source=dict(seed=d.seed, min_frames=d.min_frames, max_frames=d.max_frames))
 
 
 def _due(step: int, every: int) -> bool:

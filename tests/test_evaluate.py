@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from egodex_jax import evaluate
+from egodex_jax.evaluate import report
 from egodex_jax import skeleton
 from egodex_jax.data import batch as batch_lib
 
@@ -409,3 +410,20 @@ def test_plotted_examples_come_from_different_tasks_then_episodes(tmp_path):
   assert ex["samples"].shape == (2, 3, h, 48) and ex["image"].shape == (3, 8, 8, 3)
   path = evaluate.plot_examples(str(tmp_path / "ex.png"), ex)
   assert os.path.getsize(path) > 1000
+
+
+def test_reference_rows_and_gap_closed_in_the_report():
+  results = {"ks": [1, 10], "num_samples": 2,
+             "model": {"final@1": 0.06, "final@10": 0.04, "avg@1": 0.05, "avg@10": 0.03},
+             "static": {"final@1": 0.10, "final@10": 0.10, "avg@1": 0.08, "avg@10": 0.08},
+             "per_task": {"lid": {"model": {"final@1": 0.1}, "static": {"final@1": 0.1},
+                                  "num_samples": 2}}}
+  reference = {"oracle_single": {"final@1": 0.02, "avg@1": 0.02},
+               "oracle_sampler": {"final@10": 0.0, "avg@10": 0.0},
+               "per_task": {"lid": {"oracle_single": {"final@1": 0.1}}}}
+  report.add_reference(results, reference)
+  assert results["gap_closed"]["final@1"] == pytest.approx((0.10 - 0.06) / (0.10 - 0.02))
+  assert results["gap_closed"]["final@10"] == pytest.approx(0.6)
+  assert math.isnan(results["per_task"]["lid"]["gap_closed"]["final@1"])  # static == oracle
+  md = report.results_markdown(results)
+  assert "oracle_single" in md and "Gap closed" in md and "0.5000" in md  # avg@1 gap

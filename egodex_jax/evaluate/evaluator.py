@@ -136,6 +136,7 @@ class Evaluator:
 
   def __call__(self, params, batches: Iterable[dict], *, rng, tasks: Sequence[str] | None = None,
                mean_trajectory=None, max_batches: int | None = None, workdir: str | None = None,
+               reference: dict | None = None,
                num_plot_examples: int = 6, intrinsic=None, frame_size=None) -> dict[str, Any]:
     """Best-of-K of `params` over `batches` (batch i sampled with fold_in(rng, i)).
 
@@ -144,7 +145,9 @@ class Evaluator:
     omitted when None). Mode coverage (`modes.mode_hits`) over the samples with a known mode.
     With `workdir`, writes eval_results.json/.md and the plots in WORKDIR/vis/
     (`intrinsic`/`frame_size`: K and (W, H) of the full frames the S x S batch images were
-    resized from, without crop; EgoDex's constant K at 1920x1080 by default).
+    resized from, without crop; EgoDex's constant K at 1920x1080 by default). `reference`:
+    `oracle.oracle_results` of the same samples (synthetic data), added as rows with the
+    fraction of the static-to-oracle gap the model closes (`report.add_reference`).
 
     Returns {"model": figures, "static": ..., "mean_traj": ..., "per_task": {task: {"model": ...,
     "static": ..., "mean_traj": ..., "num_samples": n}}, "mode_coverage": {...},
@@ -180,6 +183,8 @@ class Evaluator:
     results["num_samples"] = accs["model"].count
     results["num_batches"] = num_batches
     results["ks"] = list(self.ks)
+    if reference:
+      report.add_reference(results, reference)
     if workdir is not None:
       report.write_results(workdir, results)
       examples = picker.examples()

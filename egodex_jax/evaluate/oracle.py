@@ -46,15 +46,16 @@ class _Poses:
     return self.transforms[skeleton.CAMERA]
 
 
-def mode_futures(hdf5_path: str, true_mode: int, max_horizon: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def mode_futures(hdf5_path: str, true_mode: int, max_horizon: int, *,
+                 source: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
   """A synthetic episode's windows under each mode, all in the TRUE camera frame of t (the frame
   the policy observes and is scored in) -> (windows [M, N, max_horizon+1, 48] float32, rows as
   `actions.action_windows`', row 0 the state; valid [M, N] bool: mode m is possible at t).
 
   With the builder's max_horizon the true mode's windows are the stored ones, bit for bit.
+  `source`: as `synthetic.counterfactual_poses`' (files that do not record it).
   """
-  poses = synthetic.counterfactual_poses(hdf5_path)  # [{name: [N, 4, 4]}] by mode
+  poses = synthetic.counterfactual_poses(hdf5_path, source=source)  # [{name: [N, 4, 4]}] by mode
   true = max(int(true_mode), 0)
   camera = poses[true][skeleton.CAMERA]
   windows = np.stack([actions_lib.action_windows(_Poses({**p, skeleton.CAMERA: camera}),
@@ -103,7 +104,8 @@ def _rows(windows, valid, gt, state, ks) -> dict[str, tuple[np.ndarray, np.ndarr
 
 def oracle_results(data_dir: str, raw_dir: str, split: str, *, horizon: int,
                    ks: Sequence[int] = metric.DEFAULT_KS, max_samples: int | None = None,
-                   tasks: Sequence[str] | None = None) -> dict[str, Any]:
+                   tasks: Sequence[str] | None = None, source: dict | None = None
+                   ) -> dict[str, Any]:
   """The oracle rows of a built synthetic dataset's split, on the samples the evaluator scores.
 
   Args:
@@ -115,6 +117,8 @@ def oracle_results(data_dir: str, raw_dir: str, split: str, *, horizon: int,
     max_samples: as the evaluator's `make_dataset(..., max_samples=...)` (None: every frame).
     tasks: labels of the task ids for "per_task", as the evaluator's `tasks` (default: the
       dataset's task vocabulary).
+    source: {seed, min_frames, max_frames} as the episodes were generated, only for raw files
+      written before they recorded it (`synthetic.counterfactual_poses`); checked, never trusted.
   Returns:
     {"oracle_single", "oracle_sampler", "static": {"avg@K", "final@K"}, "per_task": {task:
     {"oracle_single", "oracle_sampler", "static", "num_samples"}}, "num_samples": n,
@@ -130,7 +134,7 @@ def oracle_results(data_dir: str, raw_dir: str, split: str, *, horizon: int,
   labels = list(meta.tasks if tasks is None else tasks)
   idx = pipeline.sample_indices(meta, split, max_samples=max_samples)
   accs = {name: metric.BestOfKAccumulator(ks) for name in ROWS}
-  source = pipeline.RecordSource(meta, split) if len(idx) else None
+  records = pipeline.RecordSource(meta, split) if len(idx) else None
   num_forked = 0
   for e in meta.episodes[split]:
     first, n = e["first_index"], e["num_frames"]
@@ -143,9 +147,9 @@ def oracle_results(data_dir: str, raw_dir: str, split: str, *, horizon: int,
     if not os.path.isfile(path):
       raise ValueError(f"{path}: raw episode missing; pass the raw_dir that {meta.data_dir} was "
                        "built from")
-    windows, valid = mode_futures(path, e["mode"], meta.max_horizon)
+    windows, valid = mode_futures(path, e["mode"], meta.max_horizon, source=source)
     windows, valid = windows[:, t, :horizon + 1], valid[:, t]  # [M, B, H+1, 48], [M, B]
-    recs = source.get_many([int(i) for i in rec_idx])
+    recs = records.get_many([int(i) for i in rec_idx])
     stored = np.stack([r["window"][:horizon + 1] for r in recs])  # [B, H+1, 48]
     true = max(int(e["mode"]), 0)
     if np.abs(windows[true] - stored).max() > 1e-5:

@@ -12,8 +12,36 @@ import numpy as np
 
 from egodex_jax import skeleton
 from egodex_jax.evaluate import metric
+from egodex_jax.evaluate import oracle as oracle_lib
 
-_ROWS = ("model", "static", "mean_traj")
+_ROWS = ("model", "static", "mean_traj", "oracle_single", "oracle_sampler")
+# The gap a model closes, per figure: K = 1 against the best single prediction, larger K
+# against the ideal sampler (what Best-of-K rewards beyond one prediction).
+GAP_FIGURES = (("final@1", "oracle_single"), ("final@10", "oracle_sampler"),
+               ("avg@1", "oracle_single"), ("avg@10", "oracle_sampler"))
+
+
+def add_reference(results: dict[str, Any], reference: dict[str, Any]) -> None:
+  """Adds the oracle rows (overall and per task) and `gap_closed` {figure: fraction}."""
+  for row in ("oracle_single", "oracle_sampler"):
+    if row in reference:
+      results[row] = reference[row]
+  for task, figs in results.get("per_task", {}).items():
+    ref = reference.get("per_task", {}).get(task, {})
+    for row in ("oracle_single", "oracle_sampler"):
+      if row in ref:
+        figs[row] = ref[row]
+  for where in [results] + list(results.get("per_task", {}).values()):
+    where["gap_closed"] = {
+        fig: _gap(*(where.get(row, {}).get(fig) for row in ("static", "model", oracle)))
+        for fig, oracle in GAP_FIGURES if oracle in where}
+
+
+def _gap(static, model, oracle) -> float:
+  figs = (static, model, oracle)
+  if any(v is None or not math.isfinite(v) for v in figs):
+    return math.nan
+  return oracle_lib.gap_closed(*figs)
 
 
 # --- Result files --------------------------------------------------------------------------------
@@ -49,6 +77,20 @@ def results_markdown(results: dict[str, Any]) -> str:
     for task, figs in results["per_task"].items():
       lines.append(f"| {task} | {figs.get('num_samples', '')} | "
                    + " | ".join(_fmt(figs["model"].get(c)) for c in cols) + " |")
+  if results.get("gap_closed"):
+    gaps = [f for f, _ in GAP_FIGURES if f in results["gap_closed"]]
+    lines += ["", "## Gap closed: (static - model) / (static - oracle)", "",
+              "K = 1 against the oracle's best single prediction, K = 10 against its ideal "
+              "sampler (evaluate/oracle.py).", "",
+              "| task | " + " | ".join(f"{f} model / static / oracle" for f in gaps)
+              + " | " + " | ".join(f"gap {f}" for f in gaps) + " |",
+              "|---" * (2 * len(gaps) + 1) + "|"]
+    rows = [("all", results)] + list(results.get("per_task", {}).items())
+    for task, figs in rows:
+      cells = [" / ".join(_fmt(figs.get(r, {}).get(f)) for r in ("model", "static", o))
+               for f, o in GAP_FIGURES if f in gaps]
+      lines.append(f"| {task} | " + " | ".join(cells) + " | "
+                   + " | ".join(_fmt(figs.get("gap_closed", {}).get(f)) for f in gaps) + " |")
   mc = results.get("mode_coverage")
   if mc and mc.get("num_committed"):
     keys = [k for k in mc if k.startswith("coverage@")] + ["precision"]

@@ -86,33 +86,45 @@ def _episode(task, seed, episode, num_frames, min_frames, max_frames, mode=None)
   return sim, transforms, attrs, rng
 
 
-def counterfactual_poses(hdf5_path: str) -> list[dict[str, np.ndarray]]:
+def counterfactual_poses(hdf5_path: str, *, source: dict | None = None
+                         ) -> list[dict[str, np.ndarray]]:
   """A written synthetic episode re-simulated under each of its modes -> [{name: [N, 4, 4]
   float32}] indexed by mode (one element, the episode itself, for a unimodal task), in the world
-  frame and dtype `write_episode` wrote. The episode's own mode is checked to give its file's
-  transforms exactly; ValueError (one sentence) when the file has no recorded source or is not
-  reproduced (written by another version of the generator)."""
+  frame and dtype `write_episode` wrote.
+
+  The generator's arguments come from the file's SOURCE_ATTR; for a file written before it was
+  recorded, `source` = {seed, min_frames, max_frames} as `generate` was called (the episode
+  number is read from session_name). The episode's own mode must give its file's transforms
+  exactly, so a wrong guess is an error, never a wrong counterfactual: ValueError (one sentence)
+  when the source is unknown or the file is not reproduced.
+  """
   import h5py  # pylint: disable=g-import-not-at-top
+  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
   with h5py.File(hdf5_path, "r") as f:
     attrs = dict(f.attrs)
-    if SOURCE_ATTR not in attrs:
-      raise ValueError(f"{hdf5_path}: not a synthetic episode with a recorded seed (no "
-                       f"'{SOURCE_ATTR}' attribute); regenerate it with egodex_jax.data.synthetic")
     written = {name: f[f"transforms/{name}"][()] for name in f["transforms"]}
-  text = lambda v: v.decode() if isinstance(v, bytes) else str(v)
-  src = json.loads(text(attrs[SOURCE_ATTR]))
+  session = text(attrs.get("session_name", ""))
+  if SOURCE_ATTR in attrs:
+    src = json.loads(text(attrs[SOURCE_ATTR]))
+  elif source is not None and session.startswith("synthetic_") and session[10:].isdigit():
+    src = dict(source, episode=int(session[10:]))
+  else:
+    raise ValueError(f"{hdf5_path}: not a synthetic episode with a recorded seed (no "
+                     f"'{SOURCE_ATTR}' attribute, nor a given source and a synthetic_<episode> "
+                     "session_name); regenerate it with egodex_jax.data.synthetic")
   task, mode = text(attrs["task"]), int(attrs["mode"])
   n = written[skeleton.CAMERA].shape[0]
   modes = (0, 1) if task in tasks.MULTIMODAL_TASKS else (-1,)
   out = []
   for m in modes:
-    _, transforms, _, _ = _episode(task, src["seed"], src["episode"], n, src["min_frames"],
-                                   src["max_frames"], m)
+    _, transforms, _, _ = _episode(task, src["seed"], src["episode"], n, src.get("min_frames"),
+                                   src.get("max_frames"), m)
     out.append({k: v.astype(np.float32) for k, v in transforms.items()})
   own = out[max(mode, 0)]
   if set(own) != set(written) or any(not np.array_equal(own[k], written[k]) for k in written):
     raise ValueError(f"{hdf5_path}: re-simulating seed {src['seed']}, episode {src['episode']} "
-                     "does not reproduce the file (written by another version of the generator)")
+                     "does not reproduce the file (another seed or frame range, or another "
+                     "version of the generator)")
   return out
 
 
