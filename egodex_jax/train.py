@@ -1,4 +1,5 @@
-"""Training, read top to bottom: data, normaliser, model, optimiser, state, the step, the loop.
+"""Training, read top to bottom: data, normaliser, model, optimiser, state, the step, the loop
+(pre-emption and the non-finite-loss check: guards.py).
 
 Workdir layout (`--workdir=DIR`):
   DIR/config.json             the resolved config of the latest start (also inside each checkpoint)
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import functools
 import os
-import signal
 import time
 from typing import Any
 
@@ -31,7 +31,9 @@ import numpy as np
 import optax
 
 from egodex_jax import checkpoint as ckpt_lib
+from egodex_jax import guards
 from egodex_jax import evaluate
+from egodex_jax.guards import TrainingError  # noqa: F401  (train.TrainingError, as before)
 from egodex_jax import metrics as metrics_lib
 from egodex_jax import sharding as sharding_lib
 from egodex_jax.data import batch as batch_lib
@@ -42,10 +44,6 @@ from egodex_jax.models import policy as policy_lib
 
 class UserError(Exception):
   """Bad input a user can fix: printed as one line, exit status 1, no traceback."""
-
-
-class TrainingError(RuntimeError):
-  """A run that must stop (non-finite loss, ...); str(e) is one sentence for the user."""
 
 
 @flax.struct.dataclass
@@ -218,75 +216,7 @@ def jit_train_step(step_fn, mesh, state_shardings):
                  donate_argnums=(0,))
 
 
-# ----------------------------------------------------------------------------- pre-emption
-
-class Preemption:
-  """SIGTERM (and SIGINT) set a flag; the loop saves at the next step and exits cleanly."""
-
-  def __init__(self):
-    self.requested = False
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      try:
-        self._old[sig] = signal.signal(sig, self._handle)
-      except ValueError:  # not the main thread
-        pass
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.requested = True
-    print(f'Received signal {signum}: saving a checkpoint and stopping.', flush=True)
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
-
-  def should_stop(self) -> bool:
-    """Every process must agree, or the collective save would hang."""
-    if jax.process_count() == 1:
-      return self.requested
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.array(self.requested, np.int32))
-    return bool(np.any(flags))
-
-
-class FiniteGuard:
-  """Checks each step's loss one step late (so the host keeps dispatching) and at sync points."""
-
-  def __init__(self, manager, workdir: str):
-    self._manager, self._workdir = manager, workdir
-    self._pending, self._host = None, None  # (step, device metrics), their checked host copy
-
-  def push(self, step: int, metrics) -> None:
-    self.sync()  # the previous step's
-    self._pending, self._host = (step, metrics), None
-
-  def sync(self) -> dict | None:
-    """The latest step's metrics on the host; TrainingError if its loss is not finite."""
-    if self._pending is None or self._host is not None:
-      return self._host
-    step, m = self._pending
-    host = _to_host(m)
-    loss = float(host['loss'])
-    if not np.isfinite(loss):
-      last = self._manager.latest_step()
-      raise TrainingError(
-          f'Non-finite loss ({loss}) at step {step}; stopping. The last good checkpoint is '
-          + (f'step {last} in {ckpt_lib.checkpoint_dir(self._workdir)}.' if last is not None
-             else 'none (no checkpoint was written yet).'))
-    self._host = host
-    return host
-
-
 # ----------------------------------------------------------------------------- the loop
-
-def _to_host(tree):
-  """Replicated global arrays -> NumPy (float() fails on arrays spanning other processes)."""
-  return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
-
 
 def _host_params(params):
   """Params usable by a single-process jitted function (eval): gathered when multi-host."""
@@ -382,7 +312,7 @@ def train(config, workdir: str) -> dict:
       workdir, total_steps=num_steps, batch_size=config.data.batch_size, start_step=start,
       enabled=is_main or config.train.log_all_processes, tensorboard=is_main, progress=is_main,
       filename='metrics.jsonl' if is_main else f'metrics.process{proc}.jsonl')
-  guard = FiniteGuard(manager, workdir)
+  guard = guards.FiniteGuard(manager, workdir)
   saved = [start]  # the last step saved (or restored): never save one step twice
 
   def save(s, force=False):
@@ -396,7 +326,7 @@ def train(config, workdir: str) -> dict:
   step, data_wait = start, 0.0
   t_start = time.perf_counter()
   try:
-    with Preemption() as preempt:
+    with guards.Preemption() as preempt:
       while step < num_steps:
         t0 = time.perf_counter()
         batch = sharding_lib.global_batch(
