@@ -143,8 +143,16 @@ def _better(a, b):
 
 def verdicts(summary, by_grid) -> list[str]:
   out = []
+  for b in ("dec", "encdec"):  # the head ranking within one backbone, once its three are in
+    if all((b, h) in summary for h in ("bc", "ddpm", "fm")):
+      for k, best in ((1, ("bc",)), (10, ("ddpm", "fm"))):
+        col = f"final@{k}"
+        rank = sorted((summary[(b, h)][col][0], h) for h in ("bc", "ddpm", "fm"))
+        out.append(f"- {b}: {'BC best at K=1' if k == 1 else 'DDPM/FM best at K=10'}: "
+                   + ", ".join(f"{h} {v:.4f}" for v, h in rank) + f" ({col}): "
+                   + ("holds" if rank[0][1] in best else "does not hold") + ".")
   if len(summary) < len(MODELS):
-    out.append(f"- EncDec >= Dec; BC best at K=1; DDPM/FM best at K=5/10: not judged yet "
+    out.append(f"- EncDec >= Dec and the ranking over all six: not judged yet "
                f"({len(summary)} of the {len(MODELS)} models have finished runs).")
   else:
     for h in ("bc", "ddpm", "fm"):
