@@ -23,3 +23,9 @@ LANGUAGE = registry.Registry("language encoder")
 STATE = registry.Registry("state encoder")
 
 REGISTRIES = {"image": IMAGE, "language": LANGUAGE, "state": STATE}
+
+
+def one_token(options, spec) -> int:
+  """`count_tokens` of an encoder that always gives one token (pooled text, the hand state)."""
+  del options, spec
+  return 1

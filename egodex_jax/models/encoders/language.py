@@ -44,10 +44,7 @@ class WordEncoder(nn.Module):
     return cls(vocab_size, lang_len, w, int(options["num_layers"]), max(1, w // 64), out_dim,
                dtype)
 
-  @staticmethod
-  def count_tokens(options, spec) -> int:
-    del options, spec
-    return 1
+  count_tokens = staticmethod(base.one_token)
 
   @nn.compact
   def __call__(self, ids, *, train=False):
@@ -84,10 +81,7 @@ class FrozenEmbeddingProjection(nn.Module):
     del options, context
     return cls(out_dim, dtype)
 
-  @staticmethod
-  def count_tokens(options, spec) -> int:
-    del options, spec
-    return 1
+  count_tokens = staticmethod(base.one_token)
 
   @nn.compact
   def __call__(self, emb, *, train=False):

@@ -27,10 +27,7 @@ class StateEncoder(nn.Module):
     del context
     return cls(int(options["hidden"]), int(options["num_layers"]), out_dim, dtype)
 
-  @staticmethod
-  def count_tokens(options, spec) -> int:
-    del options, spec
-    return 1
+  count_tokens = staticmethod(base.one_token)
 
   @nn.compact
   def __call__(self, state, *, train=False):
