@@ -1,10 +1,10 @@
 """The synthetic study: the paper's comparisons at CPU scale, one budget for every run.
 
-  python -m benchmarks.study --grid all            # or main | horizon | goal | data | size
+  python -m benchmarks.study --grid all   # or main | horizon | goal | data | size | prediction
   python -m benchmarks.study --grid main --dry_run # list the runs and what is done
 
 Each run is `python -m egodex_jax.main --config=configs/egodex.py:study,<args>` in its own
-workdir under --root (default workdirs/study/<run>); a run whose workdir holds eval_results.json
+workdir under --root (default workdirs/study/<run>); a run whose workdir holds study_run.json
 is not redone, so the study resumes where it stopped. Every run trains the same number of steps
 on the same synthetic set (configs/common.py, `study`); the grids vary one factor each:
   main     the six models (dec/encdec x bc/ddpm/fm), seeds 0 and 1
@@ -12,6 +12,8 @@ on the same synthetic set (configs/common.py, `study`); the grids vary one facto
   goal     Dec + BC with and without the goal image
   data     Dec + BC on 10, 25, 50, 100 % of the training episodes
   size     Dec + BC at the tiny and demo model sizes
+  prediction  Dec + FM / DDPM, the network predicting the clean chunk (default) or the noise
+           side (velocity / epsilon, the paper's), seeds 0 and 1
 At the end it writes docs/results.md (tables, per-finding verdicts, each run's wall time) and the
 plots under docs/results/.
 """
@@ -37,12 +39,19 @@ PAPER = [("Dec + BC", ("0.045", "0.045", "0.062", "0.062")),
          ("EncDec + FM", ("0.051", "0.038", "0.070", "0.041"))]  # docs/egodex_format.md
 
 
-def _run(backbone="dec", head="bc", seed=0, h=60, goal=False, frac=1.0, size="demo"):
+def _run(backbone="dec", head="bc", seed=0, h=60, goal=False, frac=1.0, size="demo", pred=""):
   """A run's identity: its config args (defaults are the study's) and a stable name."""
   args = dict(backbone=backbone, head=head, seed=seed, h=h, goal=goal, frac=frac, size=size)
-  name = f"{backbone}_{head}_s{seed}_h{h}{'_goal' if goal else ''}_f{frac:g}_{size}"
+  if pred:  # a diffusion head's non-default output (configs/common.py `pred`)
+    args["pred"] = pred
+  name = (f"{backbone}_{head}_s{seed}_h{h}{'_goal' if goal else ''}{f'_p{pred}' if pred else ''}"
+          f"_f{frac:g}_{size}")
   return name, args
 
+
+# The paper's parameterisations (velocity for FM, epsilon for DDPM) against the default, the
+# network predicting the clean chunk (models/heads/flow.py).
+NOISE_SIDE = {"fm": "velocity", "ddpm": "epsilon"}
 
 GRIDS = {
     "main": [_run(b, h, seed=s) for b, h in MODELS for s in (0, 1)],
@@ -50,11 +59,13 @@ GRIDS = {
     "goal": [_run(goal=g) for g in (False, True)],
     "data": [_run(frac=f) for f in (0.1, 0.25, 0.5, 1.0)],
     "size": [_run(size=s) for s in ("tiny", "demo")],
+    "prediction": [_run("dec", h, seed=s, pred=p) for h in NOISE_SIDE for p in ("", NOISE_SIDE[h])
+                   for s in (0, 1)],
 }
 
 
 def config_arg(args: dict) -> str:
-  parts = ["study"] + [f"{k}={v}" for k, v in args.items() if k != "goal"]
+  parts = ["study"] + [f"{k}={v}" for k, v in args.items() if k != "goal" and v != ""]
   return ",".join(parts + (["goal"] if args["goal"] else []))
 
 
@@ -132,6 +143,34 @@ def one_factor_table(records, factor: str) -> list[str]:
                                                           for c in _cols())
                  + f" | {_fig(r, 'static', 'final@1'):.4f} | {r['wall_s'] / 60:.1f} min |")
   return lines
+
+
+def prediction_table(records) -> list[str]:
+  lines = ["| head | network predicts | " + " | ".join(_cols()) + " | runs |", "|---" * 9 + "|"]
+  for h, noise in NOISE_SIDE.items():
+    for pred in ("", noise):
+      rs = [r for r in records if r["args"]["head"] == h and r["args"].get("pred", "") == pred]
+      if rs:
+        lines.append(f"| {h} | {pred or 'data (default)'} | " + " | ".join(
+            _pm(*_mean_spread(rs, "model", c)) for c in _cols()) + f" | {len(rs)} |")
+  return lines
+
+
+def prediction_verdicts(records) -> list[str]:
+  out = []
+  for h, noise in NOISE_SIDE.items():
+    cells = {}
+    for pred in ("", noise):
+      rs = [r for r in records if r["args"]["head"] == h and r["args"].get("pred", "") == pred]
+      if len(rs) >= 2:
+        cells[pred] = {c: _mean_spread(rs, "model", c) for c in ("avg@1", "final@10")}
+    if len(cells) == 2:
+      for c in ("avg@1", "final@10"):
+        sure, raw = _better(cells[""][c], cells[noise][c])
+        out.append(f"- {h}, {c}: data {cells[''][c][0]:.4f} vs {noise} {cells[noise][c][0]:.4f}"
+                   f" ({'better' if raw else 'not better'}"
+                   f"{' beyond the seed spread' if sure else ', inside the seed spread' if raw else ''}).")
+  return out
 
 
 def _better(a, b):
@@ -218,7 +257,7 @@ def plot_data(records, path):
 def write_report(by_grid, out_md, plot_dir):
   lines = ["# The synthetic study", "",
            "Regenerate: `python -m benchmarks.study --grid all` (resumable; per grid: `--grid "
-           "main|horizon|goal|data|size`). Every run: `configs/egodex.py:study,...` (200 synthetic "
+           "main|horizon|goal|data|size|prediction`). Every run: `configs/egodex.py:study,...` (200 synthetic "
            "episodes of 120-180 frames, 64 px, the demo's model and 600 steps, batch 32; final "
            "evaluation on 256 test frames, K = 1, 5, 10). Figures in metres; ± is half the range "
            "over the seeds (2 seeds: a difference smaller than the sum of two spreads is inside the "
@@ -232,6 +271,13 @@ def write_report(by_grid, out_md, plot_dir):
   for grid, factor in (("horizon", "h"), ("goal", "goal"), ("data", "frac"), ("size", "size")):
     if len(by_grid.get(grid, [])) > 1:  # one row is only the shared default run
       lines += [f"## {grid} (Dec + BC, seed 0)", ""] + one_factor_table(by_grid[grid], factor) + [""]
+  if by_grid.get("prediction"):
+    lines += ["## What the diffusion heads' network predicts (Dec, seeds 0 and 1)", "",
+              "The paper's (and X-IL's) parameterisations regress the noise-side target (FM: the "
+              "velocity, DDPM: epsilon); the default here regresses the clean chunk "
+              "(models/heads/flow.py says why).", ""]
+    lines += prediction_table(by_grid["prediction"]) + [""]
+    lines += prediction_verdicts(by_grid["prediction"]) + [""]
   if len(by_grid.get("data", [])) > 1:
     os.makedirs(plot_dir, exist_ok=True)
     plot_data(by_grid["data"], os.path.join(plot_dir, "data_scaling.png"))

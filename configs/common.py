@@ -8,7 +8,8 @@ model, a few minutes on a CPU), `study` (the demo's recipe on 200 longer synthet
 benchmarks/study.py), `seed=N`, `head=bc|ddpm|fm|...` and `backbone=dec|encdec` (any registered
 name), `h=30|60|90` (horizon; default 60, 30 with `demo`), `goal` (the frame at t+H as a goal image), `size=tiny|demo|paper|
 large` (default: paper, or demo with `demo`), `frac=F` (fraction of the training episodes),
-`fsdp=N` (mesh), `steps=N`, `bs=N` (global batch).
+`fsdp=N` (mesh), `steps=N`, `bs=N` (global batch), `pred=...` (what a diffusion head's network
+outputs: `data`, or the noise-side target `velocity` (fm) / `epsilon` (ddpm); heads/flow.py).
 Defaults are the paper's: 224 px, H=60, ~200M parameters, batch 2048, 50K steps, AdamW 1e-4,
 16 sampling steps, EMA 0.995, min-max normalisation.
 """
@@ -55,7 +56,7 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
 def get_config(arg=None, *, head='fm', backbone='encdec'):
   from egodex_jax.models import config as model_config
   a = parse_arg(arg, demo=False, study=False, head=head, backbone=backbone, h=0, goal=False,
-                size='', frac=1.0, fsdp=1, steps=0, bs=0, seed=0)
+                size='', frac=1.0, fsdp=1, steps=0, bs=0, seed=0, pred='')
   a.demo = a.demo or a.study  # the study is the demo's recipe on a larger synthetic set
   c = ml_collections.ConfigDict()
   c.seed = a.seed
@@ -77,6 +78,10 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
   size = a.size or ('demo' if a.demo else 'paper')
   c.model = model_config.model_config(size, backbone=a.backbone, head=a.head)
   del c.model['size']
+  if a.pred:
+    if 'prediction' not in c.model.get(a.head, {}):
+      raise ValueError(f'config arg pred={a.pred}: head {a.head!r} has no prediction option.')
+    c.model[a.head].prediction = a.pred
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4

@@ -1,4 +1,5 @@
-"""DDPM: epsilon prediction, a cosine schedule, ancestral (DDIM eta = 1) sampling."""
+"""DDPM: a cosine schedule, ancestral (DDIM eta = 1) sampling; the network predicts the noise
+(`prediction="epsilon"`, Ho et al.) or the clean chunk (`"data"`; see heads/flow.py for why)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from egodex_jax.models.heads import base
+
+PREDICTIONS = ("epsilon", "data")
 
 
 def cosine_alphas_cumprod(num_steps: int, s: float = 0.008) -> np.ndarray:
@@ -27,6 +30,9 @@ class DDPMHead:
   DDPM's posterior sampling when sample_steps == train_steps. The network sees time as
   (index + 1) / T in (0, 1].
 
+  `prediction="data"`: the network outputs x0 and the loss is on x0; the noise the update needs is
+  (x - sqrt(a) x0) / sqrt(1 - a), and the last step returns x0 itself.
+
   `clip_x0` > 0 clips the predicted clean chunk to [-c, c] at each sampling step (0: never). At
   the first steps alpha_bar is tiny, so x0 = (x - sqrt(1 - a) eps) / sqrt(a) multiplies the
   network's error by 1 / sqrt(a) (32x at T = 16, more with fewer, strided steps); clipping to
@@ -36,8 +42,9 @@ class DDPMHead:
   train_steps: int = 16
   sample_steps: int = 16
   clip_x0: float = 1.5
+  prediction: str = "data"
 
-  DEFAULTS = dict(train_steps=16, sample_steps=16, clip_x0=1.5)
+  DEFAULTS = dict(train_steps=16, sample_steps=16, clip_x0=1.5, prediction="data")
   is_deterministic = False
   takes_noisy_actions = True
 
@@ -45,11 +52,14 @@ class DDPMHead:
     if not 1 <= self.sample_steps <= self.train_steps:
       raise ValueError(f"model.ddpm.sample_steps must be in [1, train_steps={self.train_steps}], "
                        f"got {self.sample_steps}.")
+    if self.prediction not in PREDICTIONS:
+      raise ValueError(f"model.ddpm.prediction must be one of {PREDICTIONS}, "
+                       f"got {self.prediction!r}.")
 
   @classmethod
   def from_config(cls, options: dict) -> "DDPMHead":
     return cls(int(options["train_steps"]), int(options["sample_steps"]),
-               float(options["clip_x0"]))
+               float(options["clip_x0"]), str(options["prediction"]))
 
   @property
   def num_steps(self) -> int:
@@ -62,7 +72,8 @@ class DDPMHead:
     ab = jnp.asarray(cosine_alphas_cumprod(self.train_steps), jnp.float32)[idx][:, None, None]
     eps = jax.random.normal(rng_e, actions.shape, jnp.float32)
     x_t = jnp.sqrt(ab) * actions + jnp.sqrt(1 - ab) * eps
-    loss = base.masked_mse(predict(x_t, (idx + 1) / self.train_steps), eps, padding)
+    target = actions if self.prediction == "data" else eps
+    loss = base.masked_mse(predict(x_t, (idx + 1) / self.train_steps), target, padding)
     return loss, {"mse": loss}
 
   def sample(self, predict, shape, rng):
@@ -76,8 +87,11 @@ class DDPMHead:
 
     def step(i, x):
       a, ap = ab_t[i], ab_prev[i]
-      eps = predict(x, jnp.full((shape[0],), t_in[i])).astype(jnp.float32)
-      x0 = (x - jnp.sqrt(1 - a) * eps) / jnp.sqrt(a)
+      out = predict(x, jnp.full((shape[0],), t_in[i])).astype(jnp.float32)
+      if self.prediction == "data":
+        x0, eps = out, (x - jnp.sqrt(a) * out) / jnp.sqrt(1 - a)
+      else:
+        x0, eps = (x - jnp.sqrt(1 - a) * out) / jnp.sqrt(a), out
       if self.clip_x0 > 0:
         x0 = jnp.clip(x0, -self.clip_x0, self.clip_x0)
         eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
