@@ -15,7 +15,23 @@ from egodex_jax import skeleton
 from egodex_jax.data import synthetic
 
 BROKEN_KINDS = ("not_hdf5", "missing_joint", "nan_pose", "truncated_video", "empty",
-                "non_rigid", "short_video", "missing_video", "mismatched_lengths")
+                "non_rigid", "short_video", "missing_video", "mismatched_lengths",
+                # partial: a builder keeps their good frames (PARTIAL_KINDS)
+                "nan_frames", "short_video_tail",
+                # over half the frames unusable: skipped whole even by a partial-keeping builder
+                "mostly_nan")
+PARTIAL_KINDS = ("nan_pose", "nan_frames", "short_video_tail")
+FEW = 3  # frames short_video_tail's video lacks
+
+
+def nan_frames(kind: str, num_frames: int) -> dict[str, list[int]]:
+  """Which frames a non-finite kind spoils, by the transform: {name: [frames]}."""
+  n = num_frames
+  return {"nan_pose": {"leftHand": [n // 2]},
+          # two hand frames (they spoil earlier frames' futures) and one camera frame (it spoils
+          # only its own frame's state: a future row is in the camera of the frame it starts at)
+          "nan_frames": {"leftHand": [n // 3, n // 3 + 1], "camera": [2 * n // 3]},
+          "mostly_nan": {"rightHand": list(range(n // 2 + 1))}}.get(kind, {})
 
 
 def write_broken_episode(out_dir: str, kind: str, *, task: str = "broken",
@@ -38,18 +54,19 @@ def write_broken_episode(out_dir: str, kind: str, *, task: str = "broken",
     return h, m
   if num_frames < 4:
     raise ValueError(f"broken episodes need num_frames >= 4, got {num_frames}")
-  n_video = num_frames // 2 if kind == "short_video" else num_frames
+  n_video = {"short_video": num_frames // 2, "short_video_tail": num_frames - FEW}.get(
+      kind, num_frames)
   synthetic.write_episode(h, m, "lift_cup", seed, width=width, height=height, num_frames=n_video)
-  if kind == "short_video":  # rewrite the poses longer than the video
+  if n_video != num_frames:  # rewrite the poses longer than the video
     synthetic.write_episode(h, None, "lift_cup", seed, width=width, height=height,
                             num_frames=num_frames)
   with h5py.File(h, "r+") as f:
+    for name, frames in nan_frames(kind, num_frames).items():
+      T = f[f"transforms/{name}"][()]
+      T[frames, 0, 3] = np.inf if name == "camera" else np.nan
+      f[f"transforms/{name}"][...] = T
     if kind == "missing_joint":
       del f["transforms/rightIndexFingerTip"]
-    elif kind == "nan_pose":
-      T = f["transforms/leftHand"][()]
-      T[num_frames // 2, 0, 3] = np.nan
-      f["transforms/leftHand"][...] = T
     elif kind == "non_rigid":
       T = f["transforms/rightHand"][()]
       T[num_frames // 2, :3, :3] *= 1.5

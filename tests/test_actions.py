@@ -16,6 +16,8 @@ from egodex_jax.data import actions
 from egodex_jax.data import egodex
 from egodex_jax.data import synthetic
 
+import broken_episodes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 Rz90 = geometry.rotation_about([0, 0, 1], np.pi / 2)  # [[0,-1,0],[1,0,0],[0,0,1]]
 Rx90 = geometry.rotation_about([1, 0, 0], np.pi / 2)  # [[1,0,0],[0,0,-1],[0,1,0]]
@@ -164,6 +166,47 @@ def test_rotation_dims_decode_to_the_wrist_rotation(seed, n, horizon):
       np.testing.assert_allclose(R, P[:3, :3], atol=1e-5)
 
 
+def test_mask_windows_pads_non_finite_rows_with_the_last_finite_one():
+  w = np.tile(np.arange(4.0, dtype=np.float32)[None, :, None], (3, 1, 48))  # row r holds r
+  w[0, 2, 5] = np.nan  # one future row spoilt
+  w[1, 0, 0] = np.inf  # the state: no sample
+  w[2, 1:3] = np.nan  # two in a row
+  out, pad = actions.mask_windows(w, np.array([3, 3, 2]))
+  assert np.isfinite(out).all() and out.dtype == np.float32
+  assert pad.tolist() == [[False, False, True, False], [True] * 4, [False, True, True, True]]
+  np.testing.assert_array_equal(out[0, :, 0], [0, 1, 1, 3])  # row 2 holds row 1
+  assert not out[1].any()
+  np.testing.assert_array_equal(out[2, :, 0], [0, 0, 0, 3])  # row 3: past the end, kept as is
+
+
+@pytest.fixture(scope="module")
+def nan_file(tmp_path_factory):
+  """24 frames: leftHand non-finite at 8 and 9, the camera at 16 (broken_episodes)."""
+  h, _ = broken_episodes.write_broken_episode(str(tmp_path_factory.mktemp("nan")), "nan_frames",
+                                              num_frames=24)
+  assert broken_episodes.nan_frames("nan_frames", 24) == {"leftHand": [8, 9], "camera": [16]}
+  return h
+
+
+def test_chunk_pads_exactly_the_non_finite_future(nan_file):
+  ep = egodex.load_episode(nan_file, check_video=False, partial=True)
+  a, pad = actions.action_chunk(ep, 5, 6)  # frames 6..11
+  assert pad.tolist() == [False, False, True, True, False, False] and np.isfinite(a).all()
+  np.testing.assert_array_equal(a[2], a[1])  # frames 8, 9 hold frame 7
+  np.testing.assert_array_equal(a[3], a[1])
+  for k, f in ((0, 6), (4, 10), (5, 11)):  # the real rows: leftHand in camera frame 5
+    want = geometry.in_frame(ep.camera[5].astype(np.float64),
+                             ep.transforms["leftHand"][f].astype(np.float64))[:3, 3]
+    np.testing.assert_allclose(a[k, 0:3], want, atol=1e-5)
+  # The camera at 16 spoils frame 16's own state only: a future is in the camera of its start.
+  assert actions.action_chunk(ep, 14, 4)[1].tolist() == [False] * 4
+  for t in (8, 9, 16):
+    with pytest.raises(ValueError, match=f"frame {t} has non-finite poses"):
+      actions.action_chunk(ep, t, 3)
+    with pytest.raises(ValueError, match="non-finite"):
+      actions.hand_state(ep, t)
+
+
 # --- the CLI, as a real subprocess ----------------------------------------------------
 
 
@@ -182,6 +225,25 @@ def test_cli_prints_the_chunk(hand_file):
   assert out["padding"] == pad.tolist() == [False, False, False, True, True]
   np.testing.assert_allclose(np.array(out["actions"]), a, atol=1e-7)
   assert len(out["actions"]) == 5 and all(len(row) == 48 for row in out["actions"])
+
+
+def _no_nan(constant):
+  raise ValueError(f"{constant} in the JSON")
+
+
+def test_cli_flags_non_finite_frames_as_the_builder_does(nan_file):
+  r = _cli(nan_file, "--frame", "5", "--horizon", "6")
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout, parse_constant=_no_nan)  # strict JSON: no NaN / Infinity
+  assert out["padding"] == [False, False, True, True, False, False]
+  ep = egodex.load_episode(nan_file, check_video=False, partial=True)
+  np.testing.assert_allclose(np.array(out["actions"]), actions.action_chunk(ep, 5, 6)[0],
+                             atol=1e-7)
+  for t in ("9", "16"):  # a frame whose own state is non-finite is no sample: bad input
+    r = _cli(nan_file, "--frame", t, "--horizon", "2")
+    assert r.returncode == 2 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1 and f"frame {t} has non-finite" in r.stderr
+    assert nan_file in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("case", ["missing", "not_hdf5", "frame_high", "frame_negative",

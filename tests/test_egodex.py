@@ -156,3 +156,33 @@ def test_find_episodes(tmp_path):
   pairs = egodex.find_episodes(str(tmp_path))
   assert [os.path.relpath(h, tmp_path) for h, _ in pairs] == ["a/0.hdf5", "b/0.hdf5", "b/1.hdf5"]
   assert all(m == h[:-5] + ".mp4" for h, m in pairs)
+
+
+@pytest.mark.parametrize("kind", broken_episodes.PARTIAL_KINDS)
+def test_partial_loading_keeps_what_spoils_only_some_frames(kind, tmp_path):
+  h, m = broken_episodes.write_broken_episode(str(tmp_path), kind, num_frames=24)
+  with pytest.raises(egodex.EpisodeError):
+    egodex.load_episode(h, m)  # strict, as every reader but the builder and the actions CLI
+  ep = egodex.load_episode(h, m, partial=True)
+  assert ep.num_frames == 24
+  assert ep.video_frames == (24 - broken_episodes.FEW if kind == "short_video_tail" else 24)
+  for name, frames in broken_episodes.nan_frames(kind, 24).items():
+    finite = np.isfinite(ep.transforms[name]).all(axis=(1, 2))
+    assert np.flatnonzero(~finite).tolist() == frames  # kept as they are, not repaired
+  assert egodex.load_episode(h, m, partial=True, check_video=False).video_frames is None
+
+
+@pytest.mark.parametrize("kind, words", [
+    ("non_rigid", "not a rigid"), ("missing_video", "missing"), ("truncated_video", "video"),
+    ("mismatched_lengths", "mismatched lengths"), ("empty", "no frames")])
+def test_partial_loading_still_refuses_whole_episode_faults(kind, words, tmp_path):
+  h, m = broken_episodes.write_broken_episode(str(tmp_path), kind)
+  with pytest.raises(egodex.EpisodeError, match=words):
+    egodex.load_episode(h, m, partial=True)
+
+
+def test_decodable_frames_counts_what_decodes_in_order(episode_files):
+  _, m = episode_files
+  with egodex.VideoReader(m) as r:
+    assert egodex.decodable_frames(r, 40) == 40 and egodex.decodable_frames(r, 25) == 25
+    assert egodex.decodable_frames(r, 55) == 40  # the video has 40 frames

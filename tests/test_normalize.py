@@ -133,3 +133,19 @@ def test_relative_needs_delta_stats_and_the_state():
     normalize.Normalizer(stats, "minmax", "deltas")
   with pytest.raises(ValueError, match="state"):
     normalize.Normalizer(stats, "minmax", "relative").normalize_actions(actions)
+
+
+def test_horizon_stats_pool_only_the_rows_that_are_not_padding():
+  rng = np.random.default_rng(0)
+  windows = rng.normal(size=(6, 5, 48)).astype(np.float32)  # [n, M+1, 48], M = 4
+  num_future = np.array([4, 3, 0, 2, 4, 1])
+  suffix = np.arange(4)[None] >= num_future[:, None]  # [n, M]: the padding num_future implies
+  a = normalize.horizon_stats([(windows, num_future)], 3)
+  b = normalize.horizon_stats([(windows, suffix)], 3)
+  assert a == b and a["actions"]["count"] == int((~suffix[:, :3]).sum())
+  holes = suffix.copy()
+  holes[0, 1] = holes[4, 0] = True  # non-finite rows inside the future (partial episodes)
+  windows[0, 2] = windows[4, 1] = 1e6  # what a padded row holds never reaches the statistics
+  c = normalize.horizon_stats([(windows, holes)], 3)
+  assert c["actions"]["count"] == a["actions"]["count"] - 2
+  assert max(c["actions"]["p99"]) < 10 and max(np.abs(c["mean_delta"]).max(-1)) < 10

@@ -85,6 +85,26 @@ def test_other_record_versions_are_refused_not_misread(data, tmp_path):
   assert meta.data_dir == str(old.parent / pipeline.RECORD_VERSION)
 
 
+def test_version_1_1_0_builds_are_read_with_padding_from_num_future(data, tmp_path):
+  """1.1.0 records lack `padding`; it follows from num_future (no partial episodes then)."""
+  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
+  old = tmp_path / "egodex" / f"s{S}_h{M}" / "1.1.0"
+  shutil.copytree(data["meta"].data_dir, old)
+  info = json.loads((old / "dataset_info.json").read_text())
+  info["version"] = "1.1.0"
+  (old / "dataset_info.json").write_text(json.dumps(info))
+  assert pipeline.load_metadata(str(tmp_path)).data_dir == str(old)
+  source = pipeline.RecordSource(data["meta"], "train")
+  raw = source._source  # pylint: disable=protected-access
+  for i in range(0, len(source), 7):
+    new = source[i]
+    example = tf_example_pb2.Example.FromString(raw[i])
+    del example.features.feature["padding"]
+    rec = pipeline.parse_record(example.SerializeToString())
+    np.testing.assert_array_equal(rec["padding"], new["padding"])
+    assert rec["padding"].shape == (M + 1,) and rec["padding"].any()  # short episodes, M = 90
+
+
 def test_missing_dataset_error_says_where_and_how(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
     pipeline.load_metadata(str(tmp_path))

@@ -30,8 +30,12 @@ def test_apply_refuses_an_untested_version_before_patching(monkeypatch):
 
 
 def test_apply_patches_the_shuffler_only_inside_the_block(tmp_path):
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   before = shuffle.MAX_MEM_BUFFER_SIZE, shuffle.tf
+  bars = tqdm_utils._active  # pylint: disable=protected-access
   with tfds_compat.apply(1234):
+    # TFDS's own bars are off (the builder shows one bar of its own).
+    assert isinstance(tqdm_utils.tqdm(total=1), tqdm_utils.EmptyTqdm)
     assert shuffle.MAX_MEM_BUFFER_SIZE == 1234
     path = str(tmp_path / "bucket.tmp")
     with shuffle.tf.io.gfile.GFile(path, "wb") as f:  # what a spill bucket does, TF-free
@@ -40,6 +44,7 @@ def test_apply_patches_the_shuffler_only_inside_the_block(tmp_path):
     shuffle.tf.io.gfile.remove(path)
     assert issubclass(shuffle.tf.errors.ResourceExhaustedError, OSError)
   assert (shuffle.MAX_MEM_BUFFER_SIZE, shuffle.tf) == before
+  assert tqdm_utils._active == bars  # pylint: disable=protected-access
 
 
 def test_shuffler_spills_and_keeps_key_order_without_tensorflow(tmp_path):

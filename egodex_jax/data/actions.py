@@ -4,8 +4,14 @@ For frame t every pose is expressed in the camera frame of t: `inv(T_camera[t]) 
 Per frame, left hand then right: wrist position (3), wrist rotation 6-D (R[:, 0], R[:, 1]),
 fingertip positions thumb, index, middle, ring, little (15). Computed in float64, returned float32.
 
+Episodes loaded with `egodex.load_episode(..., partial=True)` may hold non-finite poses: a frame
+whose own state is non-finite is not a sample (action_chunk / hand_state raise ValueError), and a
+non-finite future row is padding like a row past the end, holding the last finite row before it
+(`mask_windows`), so no NaN leaves this module through a chunk.
+
 CLI (a contract): `python -m egodex_jax.data.actions EPISODE.hdf5 --frame T --horizon H` prints
-`{"actions": [[48 floats] x H], "padding": [H bools]}`; bad input: one stderr line, exit code 2.
+`{"actions": [[48 floats] x H], "padding": [H bools]}`; bad input (a frame whose state is
+non-finite included): one stderr line, exit code 2.
 """
 
 from __future__ import annotations
@@ -66,32 +72,63 @@ def _frames(episode, t: int, frames: np.ndarray) -> np.ndarray:
   return _encode(episode.camera[t:t + 1], _vectors(episode, frames)[None])[0]
 
 
+def mask_windows(windows: np.ndarray, num_future: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Windows that may hold non-finite rows -> (windows, padding [T, R] bool), R = M+1 rows.
+
+  windows [T, R, 48] as action_windows gives them; padding[:, 0] is True where the state (row 0)
+  is non-finite (the frame is no sample: its window is returned as zeros), padding[:, k] for
+  k >= 1 where row k lies past the end (k > num_future) or is non-finite. A non-finite row holds
+  the last finite row before it, so the windows returned are finite everywhere.
+  """
+  windows = np.asarray(windows)
+  finite = np.isfinite(windows).all(-1)  # [T, R]
+  rows = np.arange(windows.shape[1])
+  # Forward fill: each row takes the last finite row at or before it (row 0 when none is).
+  src = np.maximum.accumulate(np.where(finite, rows[None], 0), axis=1)
+  out = np.take_along_axis(windows, src[..., None], axis=1)
+  padding = ~finite | (rows[None] > np.asarray(num_future)[:, None])
+  padding[:, 0] = ~finite[:, 0]
+  out = np.where(padding[:, :1, None], 0, out).astype(windows.dtype)
+  padding |= padding[:, :1]  # no sample, no future
+  return out, padding
+
+
+def _window(episode, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+  """Frame t's masked window: ([H+1, 48] float32, padding [H+1] bool); ValueError when frame t's
+  state is non-finite (not a sample)."""
+  n = episode.num_frames
+  frames = np.minimum(t + np.arange(horizon + 1), n - 1)
+  window = _frames(episode, t, frames).astype(np.float32)[None]
+  window, padding = mask_windows(window, np.array([min(horizon, n - 1 - t)]))
+  if padding[0, 0]:
+    raise ValueError(f"frame {t} has non-finite poses in its hand state (it is not a sample)")
+  return window[0], padding[0]
+
+
 def action_chunk(episode, t: int, horizon: int) -> tuple[np.ndarray, np.ndarray]:
   """Frames t+1..t+H in camera frame t -> (actions [H, 48] float32, padding [H] bool).
 
-  Frames past the episode's end are padding (True) and repeat the last valid frame.
+  Frames past the episode's end are padding (True) and repeat the last valid frame; so are
+  non-finite frames (they hold the last finite one before them, see mask_windows).
   """
   t = _check_t(episode, t)
   if isinstance(horizon, bool) or int(horizon) != horizon or horizon < 1:
     raise ValueError(f"horizon must be an integer >= 1, got {horizon!r}")
-  n = episode.num_frames
-  wanted = t + 1 + np.arange(int(horizon))
-  padding = wanted > n - 1
-  frames = np.minimum(wanted, n - 1)
-  return _frames(episode, t, frames).astype(np.float32), padding
+  window, padding = _window(episode, t, int(horizon))
+  return window[1:], padding[1:]
 
 
 def hand_state(episode, t: int) -> np.ndarray:
   """The 48 numbers of frame t in its own camera frame: [48] float32."""
-  t = _check_t(episode, t)
-  return _frames(episode, t, np.array([t])).astype(np.float32)[0]
+  return _window(episode, _check_t(episode, t), 0)[0][0]
 
 
 def action_windows(episode, max_horizon: int) -> tuple[np.ndarray, np.ndarray]:
   """Every frame's state and future, vectorised: (windows [N, M+1, 48] float32, num_future [N]).
 
   Row 0 of window t is hand_state(t); rows 1..M are frames t+1..t+M in camera frame t, past the
-  end the last valid frame repeated. num_future[t] = min(M, N-1-t).
+  end the last valid frame repeated. num_future[t] = min(M, N-1-t). Non-finite poses give
+  non-finite rows here; `mask_windows` turns them into padding.
   """
   if isinstance(max_horizon, bool) or int(max_horizon) != max_horizon or max_horizon < 0:
     raise ValueError(f"max_horizon must be an integer >= 0, got {max_horizon!r}")
@@ -123,7 +160,9 @@ def main(argv=None) -> int:
   if args.horizon < 1:
     cli.fail(f"error: --horizon must be >= 1, got {args.horizon}")
   try:
-    episode = egodex.load_episode(args.episode, check_video=False)
+    # Partial, as the dataset builder reads it: a non-finite future frame is padding, a frame
+    # whose own state is non-finite is refused (action_chunk's ValueError).
+    episode = egodex.load_episode(args.episode, check_video=False, partial=True)
     actions, padding = action_chunk(episode, args.frame, args.horizon)
   except egodex.EpisodeError as e:
     cli.fail(f"error: {e}")

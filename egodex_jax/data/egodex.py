@@ -2,7 +2,9 @@
 
 `load_episode` reads and validates everything a later stage needs (69 transforms, intrinsics,
 confidences, the instruction, the root attributes) and raises `EpisodeError` with one sentence
-naming the file and the fault, so a dataset builder can skip a bad episode and say why.
+naming the file and the fault, so a dataset builder can skip a bad episode and say why. With
+`partial=True` non-finite pose frames and a video shorter than the poses are not faults: the
+dataset builder keeps such an episode's good frames (tfds_builder/egodex/records.py).
 `VideoReader` decodes frames by index without decoding from the start for every frame.
 """
 
@@ -46,6 +48,8 @@ class Episode:
   instruction: str
   task: str
   attrs: dict[str, Any]
+  # Leading frames of the video that decode (<= N); N in strict mode, None when not checked.
+  video_frames: int | None = None
 
   @property
   def num_frames(self) -> int:
@@ -142,8 +146,8 @@ def _read_pose_dataset(path: str, f, name: str) -> np.ndarray:
     raise _error(path, f"transforms/{name} cannot be read as float poses ({e})") from None
 
 
-def _check_poses(path: str, transforms: dict[str, np.ndarray]) -> None:
-  """Same N everywhere, N > 0, finite values, rigid matrices."""
+def _check_poses(path: str, transforms: dict[str, np.ndarray], partial: bool = False) -> None:
+  """Same N everywhere, N > 0, finite values (unless `partial`), rigid finite matrices."""
   lengths = {name: T.shape[0] for name, T in transforms.items()}
   n = lengths[skeleton.CAMERA]
   bad = sorted(name for name, m in lengths.items() if m != n)
@@ -155,8 +159,11 @@ def _check_poses(path: str, transforms: dict[str, np.ndarray]) -> None:
   for name, T in transforms.items():
     finite = np.isfinite(T).all(axis=(1, 2))
     if not finite.all():
-      i = int(np.argmin(finite))
-      raise _error(path, f"transforms/{name} holds NaN or inf values (first at frame {i})")
+      if not partial:
+        i = int(np.argmin(finite))
+        raise _error(path, f"transforms/{name} holds NaN or inf values (first at frame {i})")
+      # In partial mode a non-finite matrix is a missing pose, not a garbage one.
+      T = np.where(finite[:, None, None], T, np.eye(4, dtype=T.dtype))
     rigid = geometry.is_rigid(T, atol=RIGID_ATOL)
     if not rigid.all():
       i = int(np.argmin(rigid))
@@ -183,11 +190,15 @@ def _read_confidences(path: str, f, n: int) -> dict[str, np.ndarray] | None:
 
 
 def load_episode(hdf5_path: str, video_path: str | None = None, *,
-                 check_video: bool = True) -> Episode:
+                 check_video: bool = True, partial: bool = False) -> Episode:
   """Reads and validates one episode; raises EpisodeError (one sentence) for any fault.
 
   With `check_video` the MP4 is opened and the last needed frame (N - 1) decoded, which catches a
   missing, truncated or too-short video without decoding it all.
+  With `partial` two faults that only spoil some frames are allowed: non-finite poses (NaN / inf
+  matrices stay in `transforms`; `actions.mask_windows` tells the frames they spoil) and, with
+  `check_video`, a video that decodes fewer than N frames (`video_frames` says how many). A
+  missing or unopenable video, and every other fault, still raise.
   """
   import h5py  # pylint: disable=g-import-not-at-top
 
@@ -221,13 +232,15 @@ def load_episode(hdf5_path: str, video_path: str | None = None, *,
         shown = ", ".join(missing[:6]) + more
         raise _error(hdf5_path, f"missing joint transforms: {shown}")
       transforms = {name: _read_pose_dataset(hdf5_path, f, name) for name in names}
-      _check_poses(hdf5_path, transforms)
+      _check_poses(hdf5_path, transforms, partial)
       n = transforms[skeleton.CAMERA].shape[0]
       confidences = _read_confidences(hdf5_path, f, n)
       intrinsic = _read_intrinsic(f, width, height)
       attrs = _read_attrs(f)
+    video_frames = None
     if reader is not None:
-      _check_video_length(hdf5_path, reader, n)
+      video_frames = (decodable_frames(reader, n) if partial
+                      else _check_video_length(hdf5_path, reader, n))
   except EpisodeError:
     raise
   except (OSError, KeyError, ValueError, TypeError) as e:
@@ -249,19 +262,38 @@ def load_episode(hdf5_path: str, video_path: str | None = None, *,
       instruction=instruction_from_attrs(attrs),
       task=str(task),
       attrs=attrs,
+      video_frames=video_frames,
   )
 
 
-def _check_video_length(hdf5_path: str, reader: "VideoReader", n: int) -> None:
-  """Decodes frame N - 1; OpenCV's frame count can be wrong, so the count alone decides nothing."""
+def _check_video_length(hdf5_path: str, reader: "VideoReader", n: int) -> int:
+  """Decodes frame N - 1 (-> N); OpenCV's frame count can be wrong, so it alone decides nothing."""
   try:
     reader.read([n - 1])
+    return n
   except EpisodeError:
     if 0 < reader.num_frames < n:
       raise _error(hdf5_path, f"its video has {reader.num_frames} frames, fewer than the "
                    f"{n} pose rows") from None
     raise _error(hdf5_path, f"its video {os.path.basename(reader.path)} cannot be decoded up to "
                  f"frame {n - 1} (truncated or corrupt)") from None
+
+
+def decodable_frames(reader: "VideoReader", n: int) -> int:
+  """How many leading frames of the video decode, at most n. Decoding frame n - 1 settles the
+  common case; otherwise the video is read in order, as the builder's encoder reads it, so the
+  two agree on where it ends (a seek can land elsewhere in a truncated file)."""
+  try:
+    reader.read([n - 1])
+    return n
+  except EpisodeError:
+    pass
+  count = 0
+  for _ in reader:
+    count += 1
+    if count == n:
+      break
+  return count
 
 
 def find_episodes(root: str) -> list[tuple[str, str]]:

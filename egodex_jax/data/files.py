@@ -7,7 +7,12 @@ shards, and beside them the files below (their contents: docs/interfaces.md).
 
 META_FILE = "egodex_meta.json"  # vocabularies, max_horizon, image_size, per-split episode tables
 STATS_FILE = "norm_stats.json"  # normalisation statistics of the train split
-SKIPPED_FILE = "skipped_episodes.json"  # [{path, reason}], one per broken raw episode
-# The record layout the reader understands; the builder's VERSION is this string, so a build
-# from another layout is refused by `pipeline.load_metadata` instead of being misread.
-RECORD_VERSION = "1.1.0"
+# {"skipped": [{path, reason}] per broken raw episode, "partial": [{path, frames_dropped, reason}]
+# per kept episode with some frames dropped}
+SKIPPED_FILE = "skipped_episodes.json"
+# The record layout the builder writes; its VERSION is this string, so a build from a layout the
+# reader does not know is refused by `pipeline.load_metadata` instead of being misread.
+RECORD_VERSION = "1.2.0"
+# Older layouts the reader still reads: 1.1.0 lacks the `padding` feature, which follows from
+# its num_future (1.1.0 builds skipped every episode with a non-finite pose).
+READABLE_VERSIONS = (RECORD_VERSION, "1.1.0")

@@ -102,21 +102,26 @@ def horizon_stats(chunks: Iterable[tuple[np.ndarray, np.ndarray]], horizon: int,
                   reservoir_rows: int = RESERVOIR_ROWS) -> dict[str, Any]:
   """Statistics of the windows a run trains on, over future rows 1..`horizon` only.
 
-  chunks: (windows [n, M+1, 48] with row 0 the state, num_future [n]) from the training episodes
-  (`pipeline.read_windows`). -> {"state", "actions", "delta": stats, "mean_delta": [H][48] (the
-  mean displacement k frames ahead over the unpadded rows: the `mean_traj` baseline),
-  "horizon": H}. The statistics of the horizon trained on: displacements grow with k, so stats
-  pooled over a longer window would squeeze the targets of a shorter horizon.
+  chunks: (windows [n, M+1, 48] with row 0 the state, padding [n, M] bool, True = future row
+  not real) from the training episodes (`pipeline.read_windows`); num_future [n] in place of
+  padding means rows past it are padding.
+  -> {"state", "actions", "delta": stats, "mean_delta": [H][48] (the mean displacement k frames
+  ahead over the unpadded rows: the `mean_traj` baseline), "horizon": H}. The statistics of the
+  horizon trained on: displacements grow with k, so stats pooled over a longer window would
+  squeeze the targets of a shorter horizon.
   """
   acc = {k: StatsAccumulator(48, reservoir_rows, seed=i)
          for i, k in enumerate(("state", "actions", "delta"))}
   sum_delta, count = np.zeros((horizon, 48), np.float64), np.zeros((horizon, 1), np.float64)
-  for windows, num_future in chunks:
-    windows = np.asarray(windows, np.float32)
+  for windows, padding in chunks:
+    windows, padding = np.asarray(windows, np.float32), np.asarray(padding)
     if windows.shape[1] < horizon + 1:
       raise ValueError(f"horizon {horizon} exceeds the {windows.shape[1] - 1} future rows stored")
     state, future = windows[:, 0], windows[:, 1:horizon + 1]  # [n, 48], [n, H, 48]
-    valid = np.arange(horizon)[None] < np.asarray(num_future)[:, None]  # [n, H]
+    if padding.ndim == 1:  # num_future [n]
+      valid = np.arange(horizon)[None] < padding[:, None]  # [n, H]
+    else:
+      valid = ~padding[:, :horizon].astype(bool)
     delta = future - state[:, None]
     acc["state"].add(state)
     acc["actions"].add(future[valid])

@@ -6,7 +6,9 @@ record) happens in a `MapDataset.map` before `to_iter_dataset`, so Grain can pre
 threads or worker processes and checkpoint the iterator (`get_state` / `set_state`).
 
 Records of a split are stored in (episode, frame) order, so the goal frame of record i (frame t
-of an N-frame episode) is record `i - t + min(t + H, N - 1)`.
+of an episode with N records) is record `i - t + min(t + H, N - 1)`. A partial episode keeps
+placeholder records for its `dropped` frames (their images are real), so this holds for it too;
+they are never sampled.
 Batches hold canonical values (metres, camera frame t); see docs/interfaces.md for the layout.
 """
 
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from egodex_jax.data import normalize
-from egodex_jax.data.files import META_FILE, RECORD_VERSION, STATS_FILE
+from egodex_jax.data.files import META_FILE, READABLE_VERSIONS, RECORD_VERSION, STATS_FILE
 
 DATASET_NAME = "egodex"
 _BUILD_HINT = "build it with: python -m tfds_builder.egodex --raw_dir RAW --data_dir DATA_DIR"
@@ -56,7 +58,8 @@ def find_build_dir(data_dir: str) -> str:
   found = sorted(glob.glob(os.path.join(data_dir, DATASET_NAME, "*", "*", "dataset_info.json")))
   found += sorted(glob.glob(os.path.join(data_dir, "*", "dataset_info.json")))  # .../egodex given
   found = [os.path.dirname(f) for f in found]
-  current = [d for d in found if os.path.basename(d) == RECORD_VERSION]
+  current = ([d for d in found if os.path.basename(d) == RECORD_VERSION]
+             or [d for d in found if os.path.basename(d) in READABLE_VERSIONS])
   found = current or found  # an older build beside a current one is ignored; alone, refused
   if not found:
     raise FileNotFoundError(
@@ -83,10 +86,11 @@ def load_metadata(data_dir: str) -> DatasetMeta:
       version = json.load(f).get("version")
   except (OSError, ValueError):
     version = None
-  if version != RECORD_VERSION:
+  if version not in READABLE_VERSIONS:
     raise ValueError(f"{build_dir}: the EgoDex dataset there has record version {version}, this "
-                     f"reader needs {RECORD_VERSION} (float tensors as raw bytes); rebuild it "
-                     f"with: python -m tfds_builder.egodex --raw_dir RAW --data_dir DATA_DIR")
+                     f"reader reads {' or '.join(READABLE_VERSIONS)} (float tensors as raw "
+                     f"bytes); rebuild it with: python -m tfds_builder.egodex --raw_dir RAW "
+                     f"--data_dir DATA_DIR")
   stats_path = os.path.join(build_dir, STATS_FILE)
   stats = normalize.load_stats(stats_path) if os.path.isfile(stats_path) else None
   return DatasetMeta(
@@ -110,6 +114,15 @@ def select_episodes(episodes: list[dict[str, Any]], data_fraction: float) -> lis
   return sorted(chosen, key=lambda e: e["episode_id"])
 
 
+def _episode_samples(e: dict[str, Any], frame_stride: int) -> np.ndarray:
+  """An episode's record indices that are samples: [n] int64. A partial episode's `dropped`
+  frames hold placeholder records (no hand state), never samples."""
+  idx = np.arange(e["first_index"], e["first_index"] + e["num_frames"], frame_stride)
+  if e.get("dropped"):
+    idx = idx[~np.isin(idx - e["first_index"], e["dropped"])]
+  return idx
+
+
 def sample_indices(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
                    frame_stride: int = 1, max_samples: int | None = None,
                    shard_index: int = 0, shard_count: int = 1) -> np.ndarray:
@@ -120,7 +133,7 @@ def sample_indices(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
     raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
   if not 0 <= shard_index < shard_count:
     raise ValueError(f"shard_index must be in [0, {shard_count}), got {shard_index}")
-  parts = [np.arange(e["first_index"], e["first_index"] + e["num_frames"], frame_stride)
+  parts = [_episode_samples(e, frame_stride)
            for e in select_episodes(meta.episodes[split], data_fraction)]
   idx = np.concatenate(parts) if parts else np.zeros((0,), np.int64)
   if max_samples is not None and max_samples < len(idx):
@@ -130,14 +143,14 @@ def sample_indices(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
 
 def read_windows(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
                  max_records: int | None = 200_000, chunk: int = 1024):
-  """Yields (windows [n, M+1, 48], num_future [n]) of the split's chosen episodes, no images
-  decoded: at most `max_records` records spread evenly over them (statistics need no more)."""
+  """Yields (windows [n, M+1, 48], padding [n, M] bool: True = future row not real) of the
+  split's chosen samples, no images decoded: at most `max_records` records spread evenly over
+  them (statistics need no more)."""
   idx = sample_indices(meta, split, data_fraction=data_fraction, max_samples=max_records)
   source = RecordSource(meta, split)
   for start in range(0, len(idx), chunk):
     recs = source.get_many([int(i) for i in idx[start:start + chunk]])
-    yield (np.stack([r["window"] for r in recs]),
-           np.array([r["num_future"] for r in recs], np.int64))
+    yield (np.stack([r["window"] for r in recs]), np.stack([r["padding"][1:] for r in recs]))
 
 
 def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = None
@@ -165,6 +178,7 @@ def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = N
 # the tests check both give the same values for every record.
 _FLOATS = ("window", "confidence", "mode_targets")  # float32, raw bytes
 _INTS = ("num_future", "episode_id", "frame", "task_id", "instruction_id", "mode")
+# padding: bool, raw bytes; rows of `window` that are not real (row 0: the frame is no sample)
 
 
 @functools.cache
@@ -176,7 +190,7 @@ def _example_class():
 
 def parse_record(buf: bytes) -> dict[str, Any]:
   """Serialised record -> {image: bytes, window: [M+1, 48], confidence: [12],
-  mode_targets: [2, 3] float32 (read-only views), the int fields: int}."""
+  mode_targets: [2, 3] float32, padding: [M+1] bool (read-only views), the int fields: int}."""
   feature = _example_class().FromString(buf).features.feature
   try:
     rec = {"image": feature["image"].bytes_list.value[0]}
@@ -189,6 +203,10 @@ def parse_record(buf: bytes) -> dict[str, Any]:
                      f"{RECORD_VERSION}; rebuild the dataset") from None
   rec["window"] = rec["window"].reshape(-1, 48)
   rec["mode_targets"] = rec["mode_targets"].reshape(-1, 3)
+  if "padding" in feature:
+    rec["padding"] = np.frombuffer(feature["padding"].bytes_list.value[0], np.bool_)
+  else:  # record version 1.1.0: padding is exactly the rows past num_future
+    rec["padding"] = np.arange(len(rec["window"])) > rec["num_future"]
   return rec
 
 
@@ -234,14 +252,15 @@ class SampleLoader:
            "state": np.empty((n, 48), np.float32),
            "actions": np.empty((n, h, 48), np.float32),
            "mode_targets": np.empty((n, 2, 3), np.float32)}
+    out["padding"] = np.empty((n, h), np.bool_)
     for b, rec in enumerate(recs):
       decode_jpeg(rec["image"], s, out["image"][b])
       window = rec["window"]  # [M+1, 48] view of the record's bytes: one copy into the batch
       out["state"][b] = window[0]
       out["actions"][b] = window[1:h + 1]
+      out["padding"][b] = rec["padding"][1:h + 1]  # past the end or a non-finite frame
       out["mode_targets"][b] = rec["mode_targets"]
     ints = {k: np.array([r[k] for r in recs], np.int32) for k in _BATCH_INTS}
-    out["padding"] = np.arange(h) >= ints.pop("num_future")[:, None]
     out.update(ints)
     if self.goal:  # goal frame of record i (frame t): record i - t + min(t + H, N - 1)
       t = out["frame"].astype(np.int64)
@@ -253,7 +272,7 @@ class SampleLoader:
     return out
 
 
-_BATCH_INTS = ("num_future", "instruction_id", "task_id", "mode", "episode_id", "frame")
+_BATCH_INTS = ("instruction_id", "task_id", "mode", "episode_id", "frame")
 
 
 @functools.cache

@@ -1,5 +1,5 @@
 """TF-free build: python -m tfds_builder.egodex --raw_dir RAW --data_dir OUT [--image_size S]
-[--max_horizon M] [--num_workers W]. Output: OUT/egodex/s<S>_h<M>/<VERSION>/ (1.1.0)."""
+[--max_horizon M] [--num_workers W]. Output: OUT/egodex/s<S>_h<M>/<VERSION>/ (1.2.0)."""
 
 from __future__ import annotations
 

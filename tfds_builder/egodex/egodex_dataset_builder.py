@@ -9,8 +9,10 @@ docs/interfaces.md. Records are written in (episode, frame) order, so within a s
 Work is spread over a process pool, one episode per task; a worker streams frames (decode, resize,
 encode) into a temporary file, so neither the worker nor the writer ever holds an episode's
 frames, and an episode that fails half way is dropped whole. Broken episodes are skipped with
-their reason (skipped_episodes.json); egodex_meta.json and norm_stats.json are written beside
-dataset_info.json.
+their reason; a partial one (a few non-finite pose frames, a video a few frames short) keeps its
+good frames (records.plan_frames); both are listed in skipped_episodes.json. egodex_meta.json
+and norm_stats.json are written beside dataset_info.json. Progress: one tqdm bar and a summary
+line (progress.py).
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import multiprocessing
 import os
 import sys
 import tempfile
-import time
 from typing import Any
 
 import numpy as np
@@ -36,6 +37,7 @@ from egodex_jax import skeleton
 from egodex_jax.data import egodex
 from egodex_jax.data import normalize
 from egodex_jax.data.files import META_FILE, RECORD_VERSION, SKIPPED_FILE, STATS_FILE
+from tfds_builder.egodex import progress as progress_lib
 from tfds_builder.egodex import records
 from tfds_builder.egodex import tfds_compat
 
@@ -114,10 +116,9 @@ class _BuildState:
   beam: bool = False
   raw_dir: str = ""
   found: int = 0  # episodes found under raw_dir
-  done: int = 0  # episodes written or skipped
-  frames_done: int = 0
-  t0: float = dataclasses.field(default_factory=time.time)
   skipped: list[dict[str, str]] = dataclasses.field(default_factory=list)
+  partial: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # kept, frames dropped
+  progress: progress_lib.Progress | None = None
   # split -> [(pair, probe info)], the episodes that passed the probe, in record order
   plans: dict[str, list[tuple[tuple[str, str], dict[str, Any]]]] = dataclasses.field(
       default_factory=dict)
@@ -133,6 +134,8 @@ class _BuildState:
   spill_dir: str | None = None
 
   def close(self) -> None:
+    if self.progress is not None:
+      self.progress.close()
     if self.pool is not None:
       self.pool.shutdown(cancel_futures=True)
       self.pool = None
@@ -151,6 +154,10 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
       "1.1.0": "Float tensors (window, confidence, mode_targets) stored as raw float32 "
                "bytes (Tensor encoding='bytes') instead of float lists: same features "
                "and values, read with one np.frombuffer. 1.0.0 builds must be rebuilt.",
+      "1.2.0": "Partial episodes keep their good frames: a `padding` [M+1] bool feature "
+               "marks the window rows that are not real (past the end or non-finite; row 0: "
+               "the frame is no sample), and the episode table lists `dropped` frames. "
+               "1.1.0 builds stay readable (their padding follows from num_future).",
   }
   BUILDER_CONFIGS = [make_config()]
   DEFAULT_BUILDER_CONFIG_NAME = BUILDER_CONFIGS[0].name
@@ -168,7 +175,7 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
     self._num_workers = num_workers or max(1, min(8, os.cpu_count() or 1))
     self._writer_buffer_bytes = int(writer_buffer_bytes or WRITER_BUFFER_BYTES)
     self._state = _BuildState()
-    self.build_log = print  # progress lines; the CLI keeps print
+    self.build_log = print  # the first and last lines (the bar itself goes to stderr)
 
   def _info(self) -> tfds.core.DatasetInfo:
     m = self.builder_config.max_horizon
@@ -179,6 +186,7 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
             "image": t(shape=(), dtype=np.object_),  # JPEG bytes, S x S RGB
             "window": t(shape=(m + 1, skeleton.ACTION_DIM), dtype=np.float32, encoding=raw),
             "num_future": t(shape=(), dtype=np.int32),
+            "padding": t(shape=(m + 1,), dtype=np.bool_, encoding=raw),
             "episode_id": t(shape=(), dtype=np.int32),
             "frame": t(shape=(), dtype=np.int32),
             "task_id": t(shape=(), dtype=np.int32),
@@ -224,6 +232,7 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
     self.build_log(f"egodex: {s.found} episodes found under {s.raw_dir} "
                    f"({', '.join(f'{k}: {len(v)}' for k, v in splits.items())}); "
                    f"{self._num_workers} workers")
+    s.progress = progress_lib.Progress(s.found)
     total_frames = 0
     for split, pairs in splits.items():
       kept = []
@@ -231,6 +240,7 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
         if info["ok"]:
           kept.append((pair, info))
           total_frames += info["num_frames"]
+          s.progress.checked(info["pose_frames"])
         else:
           self._skip(pair, info["reason"])
       if kept:
@@ -247,12 +257,18 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
     s.episodes = {split: [] for split in s.plans}
     # Statistics come from train; a tree with no train episodes falls back to its first split.
     s.stats_split = "train" if "train" in s.plans else next(iter(s.plans))
+    planned = sum(len(v) for v in s.plans.values())
+    if s.beam:  # Beam's workers encode: the table is fixed by the plan; the bar ends here
+      s.progress.close()
+      self.build_log(f"egodex: encoding {planned} episodes ({total_frames} records) with Apache "
+                     "Beam")
+    else:
+      s.progress.phase("egodex build", planned)
     return {split: self._generate_examples(split) for split in s.plans}
 
   def _skip(self, pair: tuple[str, str], reason: str) -> None:
     self._state.skipped.append({"path": pair[0], "reason": reason})
-    self._state.done += 1
-    self.build_log(f"egodex: skipped {reason}")
+    self._state.progress.skipped()
 
   def _add_episode(self, split: str, pair: tuple[str, str], info: dict[str, Any],
                    first_index: int) -> dict[str, int]:
@@ -262,7 +278,12 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
     table = s.episodes[split]
     table.append({"episode_id": len(table), "path": os.path.relpath(pair[0], s.raw_dir),
                   "first_index": first_index, "num_frames": info["num_frames"],
-                  "task": info["task"], "instruction": info["instruction"], "mode": info["mode"]})
+                  "task": info["task"], "instruction": info["instruction"], "mode": info["mode"],
+                  "dropped": info["dropped"]})
+    if info["partial"]:
+      s.partial.append({"path": pair[0], "frames_dropped": info["frames_dropped"],
+                        "reason": info["partial"]})
+    s.progress.kept(info, advance=not s.beam)
     return {"episode_id": len(table) - 1, "task_id": s.task_ids[info["task"]],
             "instruction_id": s.instruction_ids[info["instruction"]]}
 
@@ -277,7 +298,7 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     jobs, index = [], 0
     for pair, info in self._state.plans[split]:
-      jobs.append({"pair": list(pair), "first_index": index,
+      jobs.append({"pair": list(pair), "first_index": index, "num_records": info["num_frames"],
                    **self._add_episode(split, pair, info, index)})
       index += info["num_frames"]
     return (beam.Create(jobs) | f"Reshuffle_{split}" >> beam.Reshuffle()
@@ -287,7 +308,8 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
     """Yields (key, record) in (episode, frame) order; integer keys keep that order on disk."""
     s, cfg = self._state, self.builder_config
     index = 0
-    jobs = ((pair, cfg.image_size, cfg.max_horizon, s.spill_dir) for pair, _ in s.plans[split])
+    jobs = ((pair, cfg.image_size, cfg.max_horizon, s.spill_dir, info["num_frames"])
+            for pair, info in s.plans[split])
     plan = iter(s.plans[split])
     for result in records.ordered_map(s.pool, records.encode_episode, jobs, 2 * self._num_workers):
       pair, info = next(plan)
@@ -301,17 +323,15 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
         rec.update(ids)
         yield index * s.key_stride, rec
         index += 1
-      s.done += 1
-      s.frames_done += info["num_frames"]
-      dt = max(time.time() - s.t0, 1e-9)
-      self.build_log(f"egodex: {s.done}/{s.found} episodes, {s.frames_done} frames, "
-                     f"{s.frames_done / dt:.1f} frames/s")
 
   def _add_stats(self, rec: dict) -> None:
-    """Row 0 is the state, rows 1..num_future the (unpadded) future actions; `delta` feeds the
-    state-relative action representation (normalize.Normalizer(action_repr='relative'))."""
-    window, stats = rec["window"], self._state.stats
-    future = window[1:1 + int(rec["num_future"])]
+    """Row 0 is the state, the rows that are not padding the future actions; `delta` feeds the
+    state-relative action representation (normalize.Normalizer(action_repr='relative')). A
+    placeholder record (padding[0]: no sample) adds nothing; no padded row is ever seen."""
+    window, padding, stats = rec["window"], np.asarray(rec["padding"], bool), self._state.stats
+    if padding[0]:
+      return
+    future = window[1:][~padding[1:]]
     stats["state"].add(window[0])
     stats["actions"].add(future)
     stats["delta"].add(future - window[:1])
@@ -333,17 +353,17 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
             "max_horizon": cfg.max_horizon, "image_size": cfg.image_size,
             "splits": {k: {"num_records": sum(e["num_frames"] for e in eps), "episodes": eps}
                        for k, eps in s.episodes.items()},
-            "found": s.found, "kept": kept, "skipped": len(s.skipped)}
+            "found": s.found, "kept": kept, "partial": len(s.partial),
+            "skipped": len(s.skipped)}
     with open(os.path.join(out_dir, META_FILE), "w") as f:
       json.dump(meta, f, indent=1)
     with open(os.path.join(out_dir, SKIPPED_FILE), "w") as f:
-      json.dump(s.skipped, f, indent=1)
+      json.dump({"skipped": s.skipped, "partial": s.partial}, f, indent=1)
     if s.stats["state"].count:
       stats = {k: v.result() for k, v in s.stats.items()}
       stats["split"] = s.stats_split
       normalize.save_stats(os.path.join(out_dir, STATS_FILE), stats)
-    self.build_log(f"egodex: kept {kept}, skipped {len(s.skipped)}, found {s.found} "
-                   f"episodes ({time.time() - s.t0:.1f} s); details in {SKIPPED_FILE}")
+    self.build_log(f"{s.progress.summary()}; details in {SKIPPED_FILE}")
     if kept + len(s.skipped) != s.found:  # e.g. tfds build --max_examples_per_split
       self.build_log(f"egodex: WARNING {s.found - kept - len(s.skipped)} episodes were "
                      "not reached (generation stopped early); the episode table is partial")

@@ -14,6 +14,10 @@ tests/test_tfds_compat.py, and add it to `TESTED_VERSIONS`).
   +500 MB). `apply` points them at plain local files (the output dir must then be local).
 - `shuffle.BUCKETS_NUMBER`, `shuffle.HKEY_SIZE`: with `disable_shuffling` an integer key picks
   its bucket by range; `key_stride` spreads record indices over just enough buckets.
+- `tensorflow_datasets.core.utils.tqdm_utils._active`: TFDS's own tqdm bars (per split, per
+  shuffle) would interleave with the builder's one bar and, off a terminal, write every 0.1 s;
+  `apply` turns them off (the public `tfds.display_progress_bar`) and restores the previous
+  state, which only that internal flag holds.
 - `DatasetBuilder._download_and_prepare`: the only step that runs inside the temporary data dir
   that TFDS renames on success; `PrepareHook` wraps it so the builder's side files appear
   together with the shards, never beside a half-written build.
@@ -71,16 +75,20 @@ class _ShufflerTf:
 
 @contextlib.contextmanager
 def apply(writer_buffer_bytes: int) -> Iterator[None]:
-  """Within the block, TFDS's writer buffers `writer_buffer_bytes` and spills to local files;
-  the previous values are restored on exit."""
+  """Within the block, TFDS's writer buffers `writer_buffer_bytes` and spills to local files, and
+  TFDS shows no progress bars of its own; the previous values are restored on exit."""
   check_version()
   from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
+  bars = tqdm_utils._active  # pylint: disable=protected-access
   saved = shuffle.MAX_MEM_BUFFER_SIZE, shuffle.tf
   shuffle.MAX_MEM_BUFFER_SIZE, shuffle.tf = int(writer_buffer_bytes), _ShufflerTf
+  tqdm_utils.display_progress_bar(False)
   try:
     yield
   finally:
     shuffle.MAX_MEM_BUFFER_SIZE, shuffle.tf = saved
+    tqdm_utils.display_progress_bar(bars)
 
 
 def key_stride(num_records: int, bytes_per_record: int, writer_buffer_bytes: int) -> int:
