@@ -20,8 +20,8 @@ from egodex_jax import geometry
 from egodex_jax import skeleton
 from egodex_jax.data import actions as actions_lib
 from egodex_jax.data import egodex
+from egodex_jax.data import frames as frames_lib
 
-JPEG_QUALITY = 90
 MAX_MODES = 2  # rows of a record's mode_targets
 CHUNK_FRAMES = 64  # frames per pickled chunk in a worker's spill file
 
@@ -64,7 +64,6 @@ def _slice(ep: egodex.Episode, start: int, stop: int) -> egodex.Episode:
 def episode_records(pair: tuple[str, str], image_size: int, max_horizon: int
                     ) -> Iterator[dict[str, Any]]:
   """Streams one episode's per-frame records (without ids); raises EpisodeError on faults."""
-  import cv2  # pylint: disable=g-import-not-at-top
   ep = egodex.load_episode(*pair, check_video=False)
   n = ep.num_frames
   mode, targets_world = _mode(ep.attrs)
@@ -83,15 +82,14 @@ def episode_records(pair: tuple[str, str], image_size: int, max_horizon: int
       if frame is None:
         raise egodex.EpisodeError(f"{pair[0]}: its video ends at frame {t}, before the "
                                   f"{n} pose rows")
-      small = cv2.resize(frame, (image_size, image_size), interpolation=cv2.INTER_AREA)
-      ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
-                              [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-      if not ok:
-        raise egodex.EpisodeError(f"{pair[0]}: OpenCV could not JPEG-encode frame {t}")
+      try:
+        jpeg = frames_lib.encode_frame(frame, image_size)
+      except ValueError:
+        raise egodex.EpisodeError(f"{pair[0]}: OpenCV could not JPEG-encode frame {t}") from None
       R, p = inv_cam[t, :3, :3], inv_cam[t, :3, 3]
       mode_targets = (targets_world @ R.T + p) if mode >= 0 else np.zeros((MAX_MODES, 3))
       i = t % CHUNK_FRAMES
-      yield {"image": jpeg.tobytes(), "window": window[i], "num_future": np.int32(num_future[i]),
+      yield {"image": jpeg, "window": window[i], "num_future": np.int32(num_future[i]),
              "frame": np.int32(t), "confidence": conf[t], "mode": np.int32(mode),
              "mode_targets": mode_targets.astype(np.float32)}
 
