@@ -1,11 +1,14 @@
 """Orbax checkpoints of a training run: state, data iterator, config and normalisation statistics.
 
-One step directory holds four items:
+One step directory holds five items:
   state/       TrainState (step, params, opt_state, ema_params, rng), sharded arrays (OCDBT)
   data/        the data iterator's state, one JSON file per process (process_<i>-of-<n>.json)
   config/      the run's ConfigDict as JSON
   normalizer/  the normaliser the model was trained with (statistics, kind, action
                representation) and the dataset signature it must match
+  policy/      what the policy is built from besides the config (`train.policy_spec`: the
+               instruction table, the learned vocabulary's texts, the image size), so that
+               inference needs no dataset (absent in checkpoints of older versions)
 Saved every `save_every` steps, at the end and on SIGTERM; the newest `keep` are kept.
 """
 
@@ -88,7 +91,7 @@ def make_manager(workdir: str, *, save_every: int, keep: int,
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, data_iter=None,
          config_json: str | None = None, normalizer: dict | None = None,
-         force: bool = False) -> bool:
+         policy: dict | None = None, force: bool = False) -> bool:
   """Saves at `step` if the manager's interval says so (or `force`); returns whether it saved."""
   items = {'state': ocp.args.StandardSave(state)}
   if data_iter is not None:
@@ -97,6 +100,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, data_iter=None,
     items['config'] = ocp.args.JsonSave(json.loads(config_json))
   if normalizer is not None:
     items['normalizer'] = ocp.args.JsonSave(normalizer)
+  if policy is not None:
+    items['policy'] = ocp.args.JsonSave(policy)
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
@@ -117,7 +122,8 @@ def restore(manager: ocp.CheckpointManager, abstract_state, *, data_iter=None,
 
 
 def restore_json(manager: ocp.CheckpointManager, name: str, step: int | None = None):
-  """The saved config or normalizer (a dict) of `step` (the latest by default), None if absent."""
+  """A saved JSON item (config, normalizer, policy: a dict) of `step` (the latest by default),
+  None if absent."""
   step = manager.latest_step() if step is None else step
   if step is None:
     return None

@@ -1,8 +1,9 @@
 """What every command-line tool of the project shares: one-line usage errors and failures.
 
 The contract of the CLIs (`python -m egodex_jax.data.actions`, `python -m tfds_builder.egodex`,
-`python -m egodex_jax.data.synthetic`, `python -m egodex_jax.visualize`): bad input is one
-sentence on stderr and exit status 2, never a traceback.
+`python -m egodex_jax.data.synthetic`, `python -m egodex_jax.visualize`,
+`python -m egodex_jax.predict`): bad input is one sentence on stderr and exit status 2, never a
+traceback.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Workdir layout (`--workdir=DIR`):
   DIR/tensorboard/            TensorBoard event files of the same scalars (tensorboardX, no TF)
   DIR/loss.png                the training-loss curve, drawn at the end of a run
   DIR/checkpoints/<step>/     orbax: state/ (step, params, opt_state, ema_params, rng), data/ (the
-                              Grain iterator, one JSON per process), config/, normalizer/
+                              Grain iterator, one JSON per process), config/, normalizer/,
+                              policy/ (policy_spec: inference without the dataset)
   DIR/eval_results.json, .md  Best-of-K of the EMA params on the test split (end of training,
                               or --mode=eval), written by egodex_jax.evaluate
 A run started on a workdir that holds a checkpoint resumes from its latest step, with the
@@ -125,12 +126,25 @@ def make_train_iter(config, meta, local_batch_size: int):
                        worker_count=config.data.worker_count))
 
 
-def make_policy(config, meta):
-  """The policy of `config.model`; a learned vocabulary sees the training split's words only."""
-  train_texts = sorted({e['instruction'] for e in meta.episodes.get('train', [])})
+def policy_spec(config, meta) -> dict:
+  """What the policy is built from besides the config; a learned vocabulary sees the training
+  split's words only. Saved in every checkpoint ('policy'), so inference needs no dataset."""
+  del config
+  return dict(instructions=list(meta.instructions), image_size=int(meta.image_size),
+              vocab_instructions=sorted({e['instruction'] for e in meta.episodes.get('train', [])}))
+
+
+def policy_from_spec(config, spec: dict):
+  """The policy of `config.model` and `config.data` (horizon, goal) with a `policy_spec`."""
   return policy_lib.make_policy(config.model, horizon=config.data.horizon,
-                                instructions=meta.instructions, image_size=meta.image_size,
-                                goal=config.data.goal, vocab_instructions=train_texts)
+                                instructions=spec['instructions'], image_size=spec['image_size'],
+                                goal=config.data.goal,
+                                vocab_instructions=spec['vocab_instructions'])
+
+
+def make_policy(config, meta):
+  """The policy of `config.model` on the dataset of `meta`."""
+  return policy_from_spec(config, policy_spec(config, meta))
 
 
 def example_obs(config, meta) -> dict:
@@ -320,7 +334,7 @@ def train(config, workdir: str) -> dict:
                                        config_json=config_json,
                                        normalizer={**normalizer.to_json(),
                                                    'signature': signature},
-                                       force=force):
+                                       policy=policy_spec(config, meta), force=force):
       saved[0] = s
 
   step, data_wait = start, 0.0

@@ -53,15 +53,43 @@ def project_hands(episode, frame: int, joints) -> np.ndarray:
   return geometry.project(points, episode.intrinsic)
 
 
+def line_thickness(frame: np.ndarray) -> int:
+  """Pixels per line for a frame [h, w, ...]: 1 up to 480 px, then growing with the frame."""
+  return max(1, round(min(frame.shape[:2]) / 240))
+
+
+def pixels(uv: np.ndarray, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """uv [..., 2] float -> (finite [...] bool, int pixels [..., 2]) for OpenCV."""
+  limit = 4 * max(frame.shape[:2])  # OpenCV wants ints; far-off points only need to clip correctly
+  ok = np.isfinite(uv).all(axis=-1)
+  return ok, np.clip(np.nan_to_num(uv), -limit, limit).round().astype(int)
+
+
+def draw_paths(out: np.ndarray, uv: np.ndarray, rgb, thickness: int) -> None:
+  """Draws paths uv [P, T, 2] (pixels, NaN = not visible) onto `out` [h, w, 3] in place; a
+  segment with an invisible end is skipped."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  ok, pts = pixels(np.asarray(uv, np.float64), out)
+  for p in range(pts.shape[0]):
+    for k in range(pts.shape[1] - 1):
+      if ok[p, k] and ok[p, k + 1]:
+        cv2.line(out, tuple(pts[p, k]), tuple(pts[p, k + 1]), rgb, thickness, cv2.LINE_AA)
+
+
+def draw_points(out: np.ndarray, uv: np.ndarray, rgb, radius: int) -> None:
+  """Draws filled dots at uv [P, 2] (pixels, NaN = not visible) onto `out` in place."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  ok, pts = pixels(np.asarray(uv, np.float64), out)
+  for i in np.flatnonzero(ok):
+    cv2.circle(out, tuple(pts[i]), radius, rgb, -1, cv2.LINE_AA)
+
+
 def draw_hands(frame_rgb: np.ndarray, uv: np.ndarray, bones, colours) -> np.ndarray:
   """Draws bones and joints onto a copy of an RGB frame [h, w, 3] uint8."""
   import cv2  # pylint: disable=g-import-not-at-top
   out = np.ascontiguousarray(frame_rgb.copy())
-  h, w = out.shape[:2]
-  thickness = max(1, round(min(h, w) / 240))
-  limit = 4 * max(h, w)  # OpenCV wants ints; far-off points only need to clip correctly
-  ok = np.isfinite(uv).all(axis=-1)
-  pts = np.clip(np.nan_to_num(uv), -limit, limit).round().astype(int)
+  thickness = line_thickness(out)
+  ok, pts = pixels(uv, out)
   for i, j, rgb in bones:
     if ok[i] and ok[j]:
       cv2.line(out, tuple(pts[i]), tuple(pts[j]), rgb, thickness, cv2.LINE_AA)

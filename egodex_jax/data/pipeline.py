@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from egodex_jax.data import normalize
+from egodex_jax.data.frames import decode_jpeg  # noqa: F401  (pipeline.decode_jpeg, as before)
 from egodex_jax.data.files import META_FILE, READABLE_VERSIONS, RECORD_VERSION, STATS_FILE
 
 DATASET_NAME = "egodex"
@@ -151,23 +152,6 @@ def read_windows(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
   for start in range(0, len(idx), chunk):
     recs = source.get_many([int(i) for i in idx[start:start + chunk]])
     yield (np.stack([r["window"] for r in recs]), np.stack([r["padding"][1:] for r in recs]))
-
-
-def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = None
-                ) -> np.ndarray:
-  """JPEG bytes -> [S, S, 3] uint8 RGB (resized when `size` differs), written into `out` if
-  given (fills a batch without another array)."""
-  import cv2  # pylint: disable=g-import-not-at-top
-  # libjpeg-turbo writes RGB directly (OpenCV >= 4.10): no BGR->RGB pass over the pixels.
-  img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
-  if img is None:
-    raise ValueError("a stored frame is not a decodable JPEG")
-  if size is not None and img.shape[0] != size:
-    return cv2.resize(img, (size, size), out, interpolation=cv2.INTER_AREA)
-  if out is None:
-    return img
-  out[...] = img
-  return out
 
 
 # --- records -------------------------------------------------------------------------------

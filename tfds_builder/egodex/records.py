@@ -20,8 +20,8 @@ from egodex_jax import geometry
 from egodex_jax import skeleton
 from egodex_jax.data import actions as actions_lib
 from egodex_jax.data import egodex
+from egodex_jax.data import frames as frames_lib
 
-JPEG_QUALITY = 90
 MAX_MODES = 2  # rows of a record's mode_targets
 CHUNK_FRAMES = 64  # frames per pickled chunk in a worker's spill file
 # An episode with more unusable frames (no image, or a non-finite state) than this fraction is
@@ -97,7 +97,6 @@ def episode_records(pair: tuple[str, str], image_size: int, max_horizon: int,
   N, as `probe` planned them); raises EpisodeError on faults. Rows that are not real (past the
   end, non-finite) are marked in `padding` [M+1] and hold finite values; a frame whose state is
   non-finite gets a placeholder record (zero window, padding all True, not a sample)."""
-  import cv2  # pylint: disable=g-import-not-at-top
   ep = egodex.load_episode(*pair, check_video=False, partial=True)
   n = ep.num_frames
   num_records = n if num_records is None else num_records
@@ -118,17 +117,16 @@ def episode_records(pair: tuple[str, str], image_size: int, max_horizon: int,
       if frame is None:
         raise egodex.EpisodeError(f"{pair[0]}: its video ends at frame {t}, before the "
                                   f"{num_records} frames planned")
-      small = cv2.resize(frame, (image_size, image_size), interpolation=cv2.INTER_AREA)
-      ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR),
-                              [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-      if not ok:
-        raise egodex.EpisodeError(f"{pair[0]}: OpenCV could not JPEG-encode frame {t}")
+      try:
+        jpeg = frames_lib.encode_frame(frame, image_size)
+      except ValueError:
+        raise egodex.EpisodeError(f"{pair[0]}: OpenCV could not JPEG-encode frame {t}") from None
       i = t % CHUNK_FRAMES
       mode_targets = np.zeros((MAX_MODES, 3))
       if mode >= 0 and not padding[i, 0]:  # a sample's camera is finite
         R, p = inv_cam[t, :3, :3], inv_cam[t, :3, 3]
         mode_targets = targets_world @ R.T + p
-      yield {"image": jpeg.tobytes(), "window": window[i], "num_future": np.int32(num_future[i]),
+      yield {"image": jpeg, "window": window[i], "num_future": np.int32(num_future[i]),
              "padding": padding[i], "frame": np.int32(t), "confidence": conf[t],
              "mode": np.int32(mode), "mode_targets": mode_targets.astype(np.float32)}
 
