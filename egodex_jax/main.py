@@ -69,6 +69,7 @@ def run(config, workdir: str, mode: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {" ".join(argv[1:])}')
+  quiet_library_logs()
   config = _CONFIG.value
   if config is None:
     _fail('--config is required, e.g. --config=configs/fm_encdec.py:demo.')
@@ -118,9 +119,15 @@ def _parse_flags(argv):
   return rest
 
 
+def quiet_library_logs():
+  """Our progress lines, warnings and errors only, unless --verbosity is given (0: the libraries'
+  INFO logs). absl's own default is INFO, which lets orbax and jax print hundreds of lines."""
+  from absl import logging
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity('warning')
+
+
 def cli():
-  # Our progress lines, warnings and errors; --verbosity=0 brings the libraries' INFO logs back.
-  flags.FLAGS.set_default('verbosity', -1)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -53,9 +53,13 @@ def test_train_then_eval_mode_writes_results(tiny_data, tmp_path):
   proc = _main(*common)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   assert 'steps/s' in proc.stdout and 'samples/s' in proc.stdout and 'ETA' in proc.stdout
+  # Library INFO logs (absl format "I1203 ...", orbax's checkpoint manager) are off by default.
+  info = [l for l in proc.stderr.splitlines() if l[:1] == 'I' and l[1:5].isdigit()]
+  assert not info, info[:3]
   assert not os.path.exists(os.path.join(wd, 'eval_results.json'))  # final eval disabled here
-  proc = _main(*common, '--mode=eval', '--config.eval.final_num_batches=1')
+  proc = _main(*common, '--mode=eval', '--config.eval.final_num_batches=1', '--verbosity=0')
   assert proc.returncode == 0, proc.stdout + proc.stderr
+  assert 'checkpoint_manager' in proc.stderr  # --verbosity brings them back
   assert 'step 6' in proc.stdout
   with open(os.path.join(wd, 'eval_results.json')) as f:
     results = json.load(f)
