@@ -305,6 +305,9 @@ def main(argv=None) -> int:
   p.add_argument("--grid", default="all", choices=["all"] + list(GRIDS))
   p.add_argument("--root", default=os.path.join(REPO, "workdirs", "study"))
   p.add_argument("--out", default=os.path.join(REPO, "docs", "results.md"))
+  p.add_argument("--only", default="",
+                 help="comma-separated run names: run only these, in this order (e.g. to split a "
+                      "study over two runners that share --root)")
   p.add_argument("--dry_run", action="store_true", help="list the runs; run nothing")
   p.add_argument("--report_only", action="store_true",
                  help="write the report from the finished runs; run nothing")
@@ -314,6 +317,12 @@ def main(argv=None) -> int:
   for g in grids:
     for name, args in GRIDS[g]:
       unique.setdefault(name, args)
+  if a.only:
+    wanted = [n.strip() for n in a.only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in unique]
+    if unknown:
+      cli.fail(f"--only: {', '.join(unknown)} not in grid(s) {', '.join(grids)}.")
+    unique = {n: unique[n] for n in wanted}
   log = lambda s: print(s, flush=True)
   log(f"study: {len(unique)} runs in {', '.join(grids)} under {a.root}")
   records, t0 = {}, time.perf_counter()
