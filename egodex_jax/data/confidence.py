@@ -40,8 +40,21 @@ def _from_file(path: str, needed: int) -> np.ndarray | None:
   return np.memmap(path, dtype="<f4", mode="r", shape=(rows, _NUM))
 
 
+_READ: dict = {}  # (data_dir, split, spans) -> table: the last few read from records, per process
+
+
 def _from_records(meta, split: str, spans, chunk: int = 1024) -> np.ndarray:
-  """One pass over the records of `spans` (no image decoded); rows of other episodes stay 1."""
+  """One pass over the records of `spans` (no image decoded); rows of other episodes stay 1.
+  Kept, so that periodic evaluations of the same split do not read it again."""
+  key = (meta.data_dir, split, tuple(spans))
+  if key not in _READ:
+    if len(_READ) >= 2:
+      _READ.pop(next(iter(_READ)))
+    _READ[key] = _read_records(meta, split, spans, chunk)
+  return _READ[key]
+
+
+def _read_records(meta, split: str, spans, chunk: int) -> np.ndarray:
   from egodex_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   source = pipeline.RecordSource(meta, split)
   idx = np.concatenate([np.arange(f, f + n) for f, n in spans] or [np.zeros(0, np.int64)])
