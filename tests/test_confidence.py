@@ -1,6 +1,7 @@
 """Tracking confidences: the future frames' confidences in batches, the loss mask of
 data.min_confidence, the confident-only Best-of-K, and the synthetic bursts' corrupted poses."""
 
+import functools
 import json
 import os
 import shutil
@@ -10,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from egodex_jax import evaluate
+from egodex_jax import train
 from egodex_jax import skeleton
 from egodex_jax.data import batch as batch_lib
 from egodex_jax.data import confidence as confidence_lib
@@ -106,6 +109,46 @@ def test_the_loss_ignores_masked_dims_only(head_name):
     frames = float(head.loss(predict, jnp.asarray(batch['actions']),
                              jnp.asarray(batch['padding']), jax.random.key(0))[0])
     assert frames == pytest.approx(err[~batch['padding']].mean(), rel=1e-5)  # [B, H] as before
+
+
+class _MeanPolicy:
+  """A loss without a network: one learnt [48] vector against the batch's chunk."""
+
+  def loss(self, params, batch, rng, train=True):
+    del rng, train
+    pred = jnp.broadcast_to(params['w'], batch['actions'].shape)
+    loss = heads.base.masked_mse(pred, batch['actions'], batch['padding'])
+    return loss, {}
+
+
+def test_the_train_step_leaves_low_confidence_dims_out_of_the_loss(tiny_data):
+  c = helpers.tiny_config(tiny_data, 'bc_dec')
+  c.data.min_confidence = 0.5
+  meta = train.load_meta(c)
+  normalizer = train.fit_normalizer(c, meta)
+  it = train.make_train_iter(c, meta, 8)
+  batch = dict(next(it))
+  batch['confidence'] = batch['confidence'].copy()
+  batch['confidence'][0, 2, 3] = 0.1     # one fingertip at one frame
+  batch['confidence'][1, :, 6] = 0.2     # the right wrist (position and rotation), every frame
+  optimizer, schedule = train.make_optimizer(c.optim, 10)
+  params = {'w': jnp.asarray(np.random.default_rng(0).normal(size=48), jnp.float32)}
+  state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                           opt_state=optimizer.init(params), ema_params=params,
+                           rng=jax.random.PRNGKey(0))
+
+  def loss(min_confidence):
+    step = functools.partial(train.train_step, policy=_MeanPolicy(), optimizer=optimizer,
+                             schedule=schedule, normalizer=normalizer, ema_decay=0.9,
+                             min_confidence=min_confidence)
+    return float(step(state, batch)[1]['loss'])
+
+  target = np.asarray(normalizer.normalize_batch(batch)['actions'])
+  err = (np.asarray(params['w']) - target) ** 2                       # [B, H, 48]
+  kept = ~np.asarray(batch_lib.loss_padding(batch, 0.5))
+  assert 0 < (~kept & ~batch['padding'][..., None]).sum()            # something to leave out
+  assert loss(0.5) == pytest.approx(err[kept].mean(), rel=1e-5)
+  assert loss(0.0) == pytest.approx(err[~batch['padding']].mean(), rel=1e-5)
 
 
 # --- the confident-only metric -------------------------------------------------------------------

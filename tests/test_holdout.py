@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -88,15 +89,27 @@ def test_no_training_window_and_no_statistic_comes_from_a_held_out_task(tiny_dat
   assert not np.allclose(everything['mean_delta'], got['mean_delta'])
 
 
-def test_a_run_with_a_held_out_task_reports_id_and_ood_side_by_side(tiny_data, tmp_path):
+class _ZeroPolicy:
+  """Predicts zeros in the policy's space: no network to compile, real figures to pool."""
+  is_deterministic = True
+
+  def __init__(self, horizon):
+    self.horizon = horizon
+
+  def sample(self, params, obs, rng, num_samples):
+    del params, rng
+    return jnp.zeros((num_samples, obs['state'].shape[0], self.horizon, 48), jnp.float32)
+
+
+def test_the_evaluation_reports_id_and_ood_side_by_side(tiny_data, tmp_path):
   full = pipeline.load_metadata(tiny_data)
   task = _a_task_in_both_splits(full)
   c = _held_config(tiny_data, task)
-  c.train.num_steps = 2
-  c.data.min_confidence = 0.5   # the masked loss runs end to end too
-  c.eval.final_num_batches = -1
+  meta = train.load_meta(c)
+  normalizer = train.fit_normalizer(c, meta)
+  evaluator = train.make_evaluator(c, _ZeroPolicy(c.data.horizon), normalizer)
   wd = str(tmp_path / 'wd')
-  res = train.train(c, wd)
+  res = train.run_evaluation(c, meta, evaluator, None, normalizer, num_batches=-1, workdir=wd)
   assert np.isfinite(res['model']['avg@1'])
   with open(os.path.join(wd, 'eval_results.json')) as f:
     on_disk = json.load(f)
@@ -115,9 +128,13 @@ def test_a_run_with_a_held_out_task_reports_id_and_ood_side_by_side(tiny_data, t
   assert on_disk['confident']['num_samples'] > 0
   md = open(os.path.join(wd, 'eval_results.md')).read()
   assert 'In-distribution vs held-out tasks' in md and f'{task} (held out)' in md
+
+  # A checkpoint is evaluated and resumed with the tasks it held out, never silently without.
+  saved = train.dataset_signature(c, meta)
+  assert saved['holdout_tasks'] == task
+  c.data.holdout_tasks = ''
   with pytest.raises(train.UserError, match='holdout_tasks'):
-    c.data.holdout_tasks = ''
-    train.evaluate_checkpoint(c, wd)  # a checkpoint is evaluated with the tasks it held out
+    train.check_signature(saved, train.dataset_signature(c, full), wd)
 
 
 def test_a_fragment_that_matches_nothing_fails_in_one_sentence(tiny_data, tmp_path):
