@@ -9,7 +9,9 @@ benchmarks/study.py), `seed=N`, `head=bc|ddpm|fm|...` and `backbone=dec|encdec` 
 name), `h=30|60|90` (horizon; default 60, 30 with `demo`), `goal` (the frame at t+H as a goal image), `size=tiny|demo|paper|
 large` (default: paper, or demo with `demo`), `frac=F` (fraction of the training episodes),
 `fsdp=N` (mesh), `steps=N`, `bs=N` (global batch), `pred=...` (what a diffusion head's network
-outputs: `data`, or the noise-side target `velocity` (fm) / `epsilon` (ddpm); heads/flow.py).
+outputs: `data`, or the noise-side target `velocity` (fm) / `epsilon` (ddpm); heads/flow.py),
+`holdout=paper|<task>[+<task>...]` (tasks left out of training and reported apart:
+data/holdout.py).
 Defaults are the paper's: 224 px, H=60, ~200M parameters, batch 2048, 50K steps, AdamW 1e-4,
 16 sampling steps, EMA 0.995, min-max normalisation.
 """
@@ -56,7 +58,8 @@ def parse_arg(arg: str | None, **spec) -> ml_collections.ConfigDict:
 def get_config(arg=None, *, head='fm', backbone='encdec'):
   from egodex_jax.models import config as model_config
   a = parse_arg(arg, demo=False, study=False, head=head, backbone=backbone, h=0, goal=False,
-                size='', frac=1.0, fsdp=1, steps=0, bs=0, seed=0, pred='')
+                size='', frac=1.0, fsdp=1, steps=0, bs=0, seed=0, pred='',
+                holdout='')
   a.demo = a.demo or a.study  # the study is the demo's recipe on a larger synthetic set
   c = ml_collections.ConfigDict()
   c.seed = a.seed
@@ -72,6 +75,12 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
   # 'relative': the policy sees actions - state (the chunk relative to its first action, UMI style
   # as the paper); 'absolute': the chunk itself. Either way the evaluator scores absolute metres.
   c.data.action_repr = 'relative'
+  # Tasks never trained on, evaluated beside the others (the paper's OOD study): fragments of
+  # task names, ',' or '+' separated, or 'paper' (its six OOD tasks); '' = none.
+  c.data.holdout_tasks = a.holdout
+  # Chunk keypoints tracked with a confidence below this leave the loss (their 3 dims, a wrist's
+  # rotation with it); 0.0 = off, the paper's setting.
+  c.data.min_confidence = 0.0
 
   # Every field of the model (models/config.py), filled from the size preset; the size itself is
   # chosen by the arg only, since changing it later would not refill the other fields.
@@ -108,6 +117,9 @@ def get_config(arg=None, *, head='fm', backbone='encdec'):
   c.eval.num_batches = 8         # periodic evaluation during training (a subset of the test split)
   c.eval.final_num_batches = -1  # --mode=eval and the end of training: -1 = the whole test split
   c.eval.split = 'test'
+  # The second set of figures: Best-of-K over the ground-truth keypoints tracked with at least
+  # this confidence (docs/metric.md); 0.0 = not reported. The standard figures are unchanged.
+  c.eval.min_confidence = 0.5
 
   c.mesh = ml_collections.ConfigDict(dict(fsdp=a.fsdp, min_shard_size=2**14))
 

@@ -108,6 +108,10 @@ ROTATION_DIMS = np.array([hand_offset(s) + WRIST_ROT6 + i for s in SIDES for i i
                          np.int32)
 assert sorted(POSITION_DIMS.tolist() + ROTATION_DIMS.tolist()) == list(range(ACTION_DIM))
 assert [ACTION_NAMES[i].split(".")[0] for i in KEYPOINT_DIMS[:, 0]] == list(KEYPOINT_JOINTS)
+# The keypoint (row of KEYPOINT_JOINTS) each of the 48 dims belongs to, a wrist's rotation to its
+# wrist: per-keypoint values [..., 12] -> per-dim [..., 48] by `values[..., DIM_KEYPOINT]`.
+DIM_KEYPOINT = np.array([KEYPOINT_JOINTS.index(name.split(".")[0]) for name in ACTION_NAMES],
+                        np.int32)
 
 
 def keypoints(actions):

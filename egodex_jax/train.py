@@ -38,6 +38,7 @@ from egodex_jax.guards import TrainingError  # noqa: F401  (train.TrainingError,
 from egodex_jax import metrics as metrics_lib
 from egodex_jax import sharding as sharding_lib
 from egodex_jax.data import batch as batch_lib
+from egodex_jax.data import holdout
 from egodex_jax.data import normalize
 from egodex_jax.data import pipeline
 from egodex_jax.models import policy as policy_lib
@@ -67,7 +68,8 @@ def missing_dataset_message(data_dir: str) -> str:
 
 
 def load_meta(config) -> pipeline.DatasetMeta:
-  """The built dataset's metadata; a missing or unusable dataset is a one-sentence UserError."""
+  """The built dataset's metadata, without the held-out tasks' training episodes; a missing or
+  unusable dataset, or a holdout fragment that matches no task, is a one-sentence UserError."""
   data_dir = os.path.abspath(os.path.expanduser(config.data.data_dir))
   try:
     meta = pipeline.load_metadata(data_dir)
@@ -76,7 +78,26 @@ def load_meta(config) -> pipeline.DatasetMeta:
   if config.data.horizon > meta.max_horizon:
     raise UserError(f'data.horizon={config.data.horizon} exceeds the {meta.max_horizon} future '
                     f'frames stored in {meta.data_dir}.')
-  return meta
+  held = held_out_tasks(config, meta)
+  if not held:
+    return meta
+  kept = holdout.without_tasks(meta, held)
+  if not kept.episodes.get('train'):
+    raise UserError(f'data.holdout_tasks={config.data.holdout_tasks!r} holds out every task '
+                    f'with training episodes in {meta.data_dir}.')
+  if jax.process_index() == 0:
+    print(f'Held-out tasks (data.holdout_tasks={config.data.holdout_tasks!r}): {", ".join(held)}; '
+          f'{len(meta.episodes["train"]) - len(kept.episodes["train"])} training episodes left '
+          'out, their test episodes evaluated apart.', flush=True)
+  return kept
+
+
+def held_out_tasks(config, meta) -> list[str]:
+  """The task names `config.data.holdout_tasks` matches (data/holdout.py), [] when none."""
+  try:
+    return holdout.resolve(config.data.get('holdout_tasks', ''), meta.tasks)
+  except ValueError as e:
+    raise UserError(f'{e}.') from None
 
 
 def fit_normalizer(config, meta) -> normalize.Normalizer:
@@ -94,7 +115,8 @@ def dataset_signature(config, meta) -> dict:
   """What a checkpoint must agree on with the dataset it is resumed or evaluated on."""
   return dict(instructions=list(meta.instructions), tasks=list(meta.tasks),
               horizon=int(config.data.horizon), normalization=config.data.normalization,
-              action_repr=config.data.action_repr)
+              action_repr=config.data.action_repr,
+              holdout_tasks=','.join(held_out_tasks(config, meta)))
 
 
 def check_signature(saved: dict | None, now: dict, workdir: str) -> None:
@@ -123,7 +145,8 @@ def make_train_iter(config, meta, local_batch_size: int):
   """This process's shard of the (shuffled, repeating) training split: a checkpointable iterator."""
   return iter(_dataset(config, meta, 'train', local_batch_size, shuffle=True, seed=config.seed,
                        sharded=True, data_fraction=config.data.data_fraction,
-                       worker_count=config.data.worker_count))
+                       worker_count=config.data.worker_count,
+                       confidence=config.data.min_confidence > 0))
 
 
 def policy_spec(config, meta) -> dict:
@@ -191,8 +214,11 @@ def init_state(policy, optimizer, obs: dict, seed: int) -> TrainState:
 
 
 def train_step(state: TrainState, batch: dict, *, policy, optimizer, schedule, normalizer,
-               ema_decay: float):
-  """(state, batch in canonical metres) -> (state, metrics): loss, gradients, AdamW, EMA."""
+               ema_decay: float, min_confidence: float = 0.0):
+  """(state, batch in canonical metres) -> (state, metrics): loss, gradients, AdamW, EMA.
+  min_confidence > 0: the chunk's low-confidence keypoint dims leave the loss too."""
+  if min_confidence > 0:
+    batch = dict(batch, padding=batch_lib.loss_padding(batch, min_confidence))
   batch = normalizer.normalize_batch(batch)
   rng = jax.random.fold_in(state.rng, state.step)
   (loss, aux), grads = jax.value_and_grad(
@@ -250,11 +276,18 @@ def run_evaluation(config, meta, evaluator, params, normalizer, *, num_batches: 
   bs = config.eval.batch_size
   test = _dataset(config, meta, config.eval.split, bs, shuffle=False, seed=config.seed,
                   sharded=False, worker_count=0, num_epochs=1, drop_remainder=False,
-                  max_samples=None if num_batches < 0 else num_batches * bs)
+                  max_samples=None if num_batches < 0 else num_batches * bs,
+                  confidence=evaluator.min_confidence > 0)
   return evaluator(params, iter(test), rng=jax.random.PRNGKey(config.seed + 2), tasks=meta.tasks,
                    mean_trajectory=np.asarray(normalizer.stats['mean_delta'], np.float32),
                    reference=_oracle(config, meta, num_batches) if workdir else None,
+                   held_out=held_out_tasks(config, meta),
                    workdir=workdir if jax.process_index() == 0 else None)
+
+
+def make_evaluator(config, policy, normalizer) -> evaluate.Evaluator:
+  return evaluate.Evaluator(policy, normalizer, ks=tuple(config.eval.ks),
+                            min_confidence=config.eval.get('min_confidence', 0.0))
 
 
 def _oracle(config, meta, num_batches: int) -> dict | None:
@@ -317,9 +350,10 @@ def train(config, workdir: str) -> dict:
 
   step_fn = jit_train_step(
       functools.partial(train_step, policy=policy, optimizer=optimizer, schedule=schedule,
-                        normalizer=normalizer, ema_decay=config.optim.ema_decay),
+                        normalizer=normalizer, ema_decay=config.optim.ema_decay,
+                        min_confidence=config.data.min_confidence),
       mesh, shardings)
-  evaluator = evaluate.Evaluator(policy, normalizer, ks=tuple(config.eval.ks))
+  evaluator = make_evaluator(config, policy, normalizer)
   # Other processes log only when asked (tests of multi-host runs compare their losses).
   proc = jax.process_index()
   writer = metrics_lib.MetricWriter(
@@ -431,6 +465,6 @@ def evaluate_checkpoint(config, workdir: str) -> dict:
   policy, params, normalizer, step = restore_for_eval(config, workdir, meta)
   if jax.process_index() == 0:
     print(f'Evaluating the EMA parameters of step {step} from {workdir}.', flush=True)
-  evaluator = evaluate.Evaluator(policy, normalizer, ks=tuple(config.eval.ks))
+  evaluator = make_evaluator(config, policy, normalizer)
   return run_evaluation(config, meta, evaluator, params, normalizer,
                         num_batches=config.eval.final_num_batches, workdir=workdir)

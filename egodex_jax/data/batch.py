@@ -18,8 +18,12 @@ from egodex_jax import skeleton
 OBS_KEYS = ("image", "goal_image", "state", "instruction_id")
 # What it is trained to predict: the chunk [B, H, 48] and its padding [B, H].
 TARGET_KEYS = ("actions", "padding")
+# The tracking confidence of the chunk's keypoints [B, H, 12] (KEYPOINT_JOINTS order, frames
+# t+1..t+H), in batches made with `make_dataset(..., confidence=True)` only: the loss mask of
+# `data.min_confidence` (`loss_padding`) and the evaluator's confident-only figures.
+CONFIDENCE_KEY = "confidence"
 # The train step's inputs.
-TRAIN_KEYS = OBS_KEYS + TARGET_KEYS
+TRAIN_KEYS = OBS_KEYS + TARGET_KEYS + (CONFIDENCE_KEY,)
 # The evaluator's inputs: also the task (per-task figures) and the known mode (coverage).
 EVAL_KEYS = TRAIN_KEYS + ("task_id", "mode", "mode_targets")
 
@@ -27,6 +31,16 @@ EVAL_KEYS = TRAIN_KEYS + ("task_id", "mode", "mode_targets")
 def select(batch: dict, keys) -> dict:
   """The entries of `batch` named in `keys` (absent optional keys, e.g. goal_image, skipped)."""
   return {k: batch[k] for k in keys if k in batch}
+
+
+def loss_padding(batch: dict, min_confidence: float):
+  """What the loss leaves out: [B, H, 48] bool, True = padded frame or a dim whose keypoint's
+  confidence is below `min_confidence` (a wrist's rotation follows the wrist). NumPy or jit."""
+  if CONFIDENCE_KEY not in batch:
+    raise KeyError(f"min_confidence={min_confidence} needs the '{CONFIDENCE_KEY}' key: make the "
+                   "batches with make_dataset(..., confidence=True).")
+  low = batch[CONFIDENCE_KEY] < min_confidence                   # [B, H, 12]
+  return batch["padding"][..., None] | low[..., skeleton.DIM_KEYPOINT]
 
 
 def dummy_batch(*, batch_size: int, horizon: int, image_size: int, goal: bool = False,

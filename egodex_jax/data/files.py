@@ -16,3 +16,6 @@ RECORD_VERSION = "1.2.0"
 # Older layouts the reader still reads: 1.1.0 lacks the `padding` feature, which follows from
 # its num_future (1.1.0 builds skipped every episode with a non-finite pose).
 READABLE_VERSIONS = (RECORD_VERSION, "1.1.0")
+# Per split: every record's `confidence` [12] in record order, raw little-endian float32
+# [num_records, 12] (the future frames' confidences without reading their records).
+CONFIDENCE_FILE = "confidence-{split}.f32"

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from egodex_jax.data import confidence as confidence_lib
 from egodex_jax.data import normalize
 from egodex_jax.data.frames import decode_jpeg  # noqa: F401  (pipeline.decode_jpeg, as before)
 from egodex_jax.data.files import META_FILE, READABLE_VERSIONS, RECORD_VERSION, STATS_FILE
@@ -219,12 +220,13 @@ class SampleLoader:
   """Record indices -> a batch as in the table of docs/interfaces.md."""
 
   def __init__(self, source, num_frames_by_episode: np.ndarray, horizon: int, goal: bool,
-               image_size: int):
+               image_size: int, confidence: confidence_lib.FutureConfidence | None = None):
     self.source = source
     self.num_frames = num_frames_by_episode  # [E] int
     self.horizon = horizon
     self.goal = goal
     self.image_size = image_size
+    self.confidence = confidence  # the `confidence` key [B, H, 12] when given
 
   def load_batch(self, indices) -> dict[str, np.ndarray]:
     """[B] record indices -> a batch; images are decoded straight into the batch arrays."""
@@ -246,6 +248,8 @@ class SampleLoader:
       out["mode_targets"][b] = rec["mode_targets"]
     ints = {k: np.array([r[k] for r in recs], np.int32) for k in _BATCH_INTS}
     out.update(ints)
+    if self.confidence is not None:
+      out["confidence"] = self.confidence(idx, out["frame"], self.num_frames[out["episode_id"]], h)
     if self.goal:  # goal frame of record i (frame t): record i - t + min(t + H, N - 1)
       t = out["frame"].astype(np.int64)
       n_frames = self.num_frames[out["episode_id"]]
@@ -328,13 +332,15 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, horizon: int, go
                  data_fraction: float = 1.0, worker_count: int = 0, shard_index: int = 0,
                  shard_count: int = 1, drop_remainder: bool = True, frame_stride: int = 1,
                  max_samples: int | None = None, image_size: int | None = None,
-                 read_threads: int = 4, meta: DatasetMeta | None = None):
+                 read_threads: int = 4, meta: DatasetMeta | None = None,
+                 confidence: bool = False):
   """A checkpointable Grain IterDataset of batches; `iter()` it, `get_state()`/`set_state()`.
 
   Each process passes its own shard_index / shard_count (disjoint parts of the split). With
   num_epochs=None it repeats forever, reshuffled each epoch. Samples are read by
   `read_threads` threads per process (per worker when worker_count > 0) with a prefetch buffer of
-  two batches, so memory stays at a few batches whatever the batch size.
+  two batches, so memory stays at a few batches whatever the batch size. `confidence`: batches
+  also hold the chunk's tracking confidences (`confidence` [B, H, 12], data/confidence.py).
   """
   import grain  # pylint: disable=g-import-not-at-top
   meta = meta or load_metadata(data_dir)
@@ -353,7 +359,8 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, horizon: int, go
   for e in meta.episodes[split]:
     num_frames[e["episode_id"]] = e["num_frames"]
   loader = SampleLoader(RecordSource(meta, split), num_frames, horizon, goal,
-                        image_size or meta.image_size)
+                        image_size or meta.image_size,
+                        confidence_lib.FutureConfidence(meta, split) if confidence else None)
 
   # Element i of the Grain dataset is batch i (its record indices, then the loaded batch), so
   # Grain's per-element cost is paid per batch; read threads and workers take different batches.

@@ -23,6 +23,7 @@ from egodex_jax.evaluate import modes
 from egodex_jax.evaluate import report
 
 _SCORED = ("model", "static", "mean_traj")
+_CONFIDENT = "confident/"  # prefix of the step's outputs scored on confident keypoints only
 
 
 def _pad_rows(x, size: int, is_padding: bool):
@@ -83,15 +84,54 @@ class _ExamplePicker:
                 titles=[it["title"] for it in chosen])
 
 
-def _per_task(task_figs: dict[str, dict], tasks: Sequence[str] | None) -> dict[str, Any]:
-  """{name: {task_id: figures}} -> {task label: {name: figures, "num_samples": n}}."""
-  out: dict[str, Any] = {}
-  for t, figs in task_figs["model"].items():
-    label = tasks[t] if tasks is not None and 0 <= t < len(tasks) else str(t)
-    out[label] = {name: {k: v for k, v in by_task[t].items() if k != "num_samples"}
-                  for name, by_task in task_figs.items()}
-    out[label]["num_samples"] = figs["num_samples"]
+def _label(t: int, tasks: Sequence[str] | None) -> str:
+  return tasks[t] if tasks is not None and 0 <= t < len(tasks) else str(t)
+
+
+def _rows(figs: dict[str, dict]) -> dict[str, Any]:
+  """{name: figures with "num_samples"} -> {name: figures, "num_samples": n (of the first)}."""
+  out: dict[str, Any] = {name: {k: v for k, v in f.items() if k != "num_samples"}
+                         for name, f in figs.items()}
+  out["num_samples"] = next(iter(figs.values()))["num_samples"]
   return out
+
+
+def _per_task(accs: dict, confident: dict, tasks: Sequence[str] | None) -> dict[str, Any]:
+  """-> {task label: {name: figures, "num_samples": n[, "confident": {name: figures,
+  "num_samples": n}]}} for the tasks with a scored sample."""
+  by_name = {name: acc.per_task() for name, acc in accs.items()}
+  conf_by_name = {name: acc.per_task() for name, acc in confident.items()}
+  out: dict[str, Any] = {}
+  for t in by_name["model"]:
+    out[_label(t, tasks)] = _rows({name: by_task[t] for name, by_task in by_name.items()})
+    if t in conf_by_name.get("model", {}):
+      out[_label(t, tasks)]["confident"] = _rows(
+          {name: by_task[t] for name, by_task in conf_by_name.items()})
+  return out
+
+
+def _pooled(accs: dict, task_ids) -> dict[str, Any]:
+  return _rows({name: acc.pooled(task_ids) for name, acc in accs.items()})
+
+
+def _groups(results: dict, accs: dict, confident: dict, tasks: Sequence[str] | None,
+            held_out: Sequence[str]) -> None:
+  """Adds "in_distribution" and "held_out": each {"tasks", the rows pooled over its tasks'
+  samples, "num_samples", ["confident"], "per_task"}; marks every per_task row "held_out"."""
+  if tasks is None:
+    raise ValueError("held_out tasks need the task names (tasks=...) to find their ids.")
+  held = {i for i, t in enumerate(tasks) if t in set(held_out)}
+  for name, ids in (("in_distribution", sorted(set(range(len(tasks))) - held)),
+                    ("held_out", sorted(held))):
+    labels = [tasks[i] for i in ids]
+    section = {"tasks": labels, **_pooled(accs, ids)}
+    if confident:
+      section["confident"] = {"min_confidence": results["confident"]["min_confidence"],
+                              **_pooled(confident, ids)}
+    section["per_task"] = {t: results["per_task"][t] for t in labels if t in results["per_task"]}
+    results[name] = section
+  for label, row in results["per_task"].items():
+    row["held_out"] = label in set(held_out)
 
 
 class Evaluator:
@@ -103,32 +143,39 @@ class Evaluator:
 
   def __init__(self, policy, normalizer, *, ks: Sequence[int] = metric.DEFAULT_KS,
                margin: float = modes.DEFAULT_MODE_MARGIN,
-               radius: float = modes.DEFAULT_MODE_RADIUS):
+               radius: float = modes.DEFAULT_MODE_RADIUS, min_confidence: float = 0.0):
     self.policy = policy
     self.normalizer = normalizer
     self.ks = metric.check_ks(ks)
     self.margin = float(margin)
     self.radius = float(radius)
+    # > 0: also the figures over the keypoints tracked at least this confidently (batches with
+    # the `confidence` key only).
+    self.min_confidence = float(min_confidence)
     self.num_samples = 1 if policy.is_deterministic else max(self.ks)
     self.step = jax.jit(self._step)
 
   def _step(self, params, batch, rng, mean_delta):
     """batch (EVAL_KEYS, [B, ...] canonical), mean_delta [H, 48] or None -> per-sample minima
-    {"model", "static", ["mean_traj"]}, ["modes"] (`modes.mode_hits`) and the canonical
-    "samples" [max(ks), B, H, 48]."""
+    {"model", "static", ["mean_traj"]} (and the same prefixed _CONFIDENT, on the confident
+    keypoints), ["modes"] (`modes.mode_hits`) and the canonical "samples" [max(ks), B, H, 48]."""
     ks = self.ks
     gt, padding, state = batch["actions"], batch["padding"], batch["state"]
     samples = self.policy.sample(params, self.normalizer.normalize_obs(batch), rng,
                                  self.num_samples)
     samples = self.normalizer.denormalize_samples(samples, state).astype(jnp.float32)
     samples = jnp.broadcast_to(samples, (max(ks),) + samples.shape[1:])  # [max(ks), B, H, 48]
-    out = {"samples": samples,
-           "model": metric.minima(gt, padding, samples, ks),
-           "static": metric.minima(gt, padding, baselines.static_prediction(state, gt.shape[1]),
-                                   ks)}
+    preds = {"model": samples, "static": baselines.static_prediction(state, gt.shape[1])}
     if mean_delta is not None:
-      out["mean_traj"] = metric.minima(
-          gt, padding, baselines.mean_traj_prediction(state, mean_delta), ks)
+      preds["mean_traj"] = baselines.mean_traj_prediction(state, mean_delta)
+    confident = None
+    if self.min_confidence > 0 and batch_lib.CONFIDENCE_KEY in batch:
+      confident = batch[batch_lib.CONFIDENCE_KEY] >= self.min_confidence  # [B, H, 12]
+    out = {"samples": samples}
+    for name, pred in preds.items():
+      out[name] = metric.minima(gt, padding, pred, ks)
+      if confident is not None:
+        out[_CONFIDENT + name] = metric.minima(gt, padding, pred, ks, confident)
     if "mode" in batch and "mode_targets" in batch:
       out["modes"] = modes.mode_hits(state, batch["mode"], batch["mode_targets"], gt, padding,
                                      samples, ks=ks, margin=self.margin, radius=self.radius)
@@ -136,7 +183,7 @@ class Evaluator:
 
   def __call__(self, params, batches: Iterable[dict], *, rng, tasks: Sequence[str] | None = None,
                mean_trajectory=None, max_batches: int | None = None, workdir: str | None = None,
-               reference: dict | None = None,
+               reference: dict | None = None, held_out: Sequence[str] = (),
                num_plot_examples: int = 6, intrinsic=None, frame_size=None) -> dict[str, Any]:
     """Best-of-K of `params` over `batches` (batch i sampled with fold_in(rng, i)).
 
@@ -148,6 +195,11 @@ class Evaluator:
     resized from, without crop; EgoDex's constant K at 1920x1080 by default). `reference`:
     `oracle.oracle_results` of the same samples (synthetic data), added as rows with the
     fraction of the static-to-oracle gap the model closes (`report.add_reference`).
+    With `min_confidence` > 0 and batches holding `confidence`: "confident" {"min_confidence",
+    "num_samples", "model", "static", "mean_traj"}, the same figures over the confidently
+    tracked ground-truth keypoints only (and per task). `held_out` (task names, from `tasks`):
+    "in_distribution" and "held_out" sections, each the rows pooled over its tasks' samples with
+    its "tasks" and "per_task" rows.
 
     Returns {"model": figures, "static": ..., "mean_traj": ..., "per_task": {task: {"model": ...,
     "static": ..., "mean_traj": ..., "num_samples": n}}, "mode_coverage": {...},
@@ -156,6 +208,7 @@ class Evaluator:
     mean_delta = None if mean_trajectory is None else jnp.asarray(mean_trajectory, jnp.float32)
     names = [n for n in _SCORED if n != "mean_traj" or mean_delta is not None]
     accs = {name: metric.BestOfKAccumulator(self.ks) for name in names}
+    confident = {}  # name -> accumulator of the confident-only minima, when the batches allow
     mode_acc = modes.ModeCoverageAccumulator(self.ks)
     picker = _ExamplePicker(num_plot_examples, tasks)
     num_batches = 0
@@ -172,13 +225,22 @@ class Evaluator:
       out = jax.device_get(out)
       for name, acc in accs.items():
         acc.update(*(x[:size] for x in out[name]), task_id=task_id)
+        if _CONFIDENT + name in out:
+          confident.setdefault(name, metric.BestOfKAccumulator(self.ks)).update(
+              *(x[:size] for x in out[_CONFIDENT + name]), task_id=task_id)
       if "modes" in out:
         mode_acc.update(*(x[:size] for x in out["modes"]))
       picker.offer(batch, samples)
       num_batches += 1
 
     results: dict[str, Any] = {name: acc.result() for name, acc in accs.items()}
-    results["per_task"] = _per_task({name: acc.per_task() for name, acc in accs.items()}, tasks)
+    if confident:
+      results["confident"] = {"min_confidence": self.min_confidence,
+                              "num_samples": confident["model"].count,
+                              **{name: acc.result() for name, acc in confident.items()}}
+    results["per_task"] = _per_task(accs, confident, tasks)
+    if held_out:
+      _groups(results, accs, confident, tasks, held_out)
     results["mode_coverage"] = mode_acc.result()
     results["num_samples"] = accs["model"].count
     results["num_batches"] = num_batches
@@ -197,11 +259,13 @@ class Evaluator:
 
 def evaluate(policy, params, batches: Iterable[dict], normalizer, *,
              ks: Sequence[int] = metric.DEFAULT_KS, margin: float = modes.DEFAULT_MODE_MARGIN,
-             radius: float = modes.DEFAULT_MODE_RADIUS, **kwargs) -> dict[str, Any]:
+             radius: float = modes.DEFAULT_MODE_RADIUS, min_confidence: float = 0.0,
+             **kwargs) -> dict[str, Any]:
   """One-off evaluation: `Evaluator(policy, normalizer, ...)(params, batches, **kwargs)`.
 
   Compiles a fresh step on every call: a caller that evaluates repeatedly (training) keeps one
   `Evaluator` instead.
   """
-  evaluator = Evaluator(policy, normalizer, ks=ks, margin=margin, radius=radius)
+  evaluator = Evaluator(policy, normalizer, ks=ks, margin=margin, radius=radius,
+                        min_confidence=min_confidence)
   return evaluator(params, batches, **kwargs)

@@ -10,6 +10,10 @@ means of batch means; `best_of_k` is that accumulator fed one batch, so there is
 
 K larger than the number of predictions N is an error (a clear ValueError): clamping would report
 the K = 1 figure under the name K = 10. When no sample is unpadded the figures are NaN.
+
+Confident ground truth only (`keypoint_weights` [B, T, 12], 1 = a confidently tracked keypoint):
+avg and final are the means over the weighted (frame, keypoint) entries instead of all of them,
+and a sample counts when it is unpadded and has a weighted keypoint at the last frame.
 """
 
 from __future__ import annotations
@@ -41,11 +45,25 @@ def check_ks(ks: Sequence[int], num_predictions: int | None = None) -> tuple[int
 
 # --- Per-sample distances ------------------------------------------------------------------------
 
-def keypoint_distances(gt_actions, pred_actions):
-  """gt [B, T, 48], pred [N, B, T, 48] -> (avg [N, B], final [N, B]) distances in metres."""
+def keypoint_distances(gt_actions, pred_actions, keypoint_weights=None):
+  """gt [B, T, 48], pred [N, B, T, 48] -> (avg [N, B], final [N, B]) distances in metres;
+  with keypoint_weights [B, T, 12], weighted means (entries of weight 0 left out)."""
   d = jnp.linalg.norm(skeleton.keypoints(pred_actions) - skeleton.keypoints(gt_actions)[None],
                       axis=-1)  # [N, B, T, 12]
-  return d.mean(axis=(-1, -2)), d[..., -1, :].mean(axis=-1)
+  if keypoint_weights is None:
+    return d.mean(axis=(-1, -2)), d[..., -1, :].mean(axis=-1)
+  w = jnp.asarray(keypoint_weights, jnp.float32)
+  avg = (d * w).sum(axis=(-1, -2)) / jnp.maximum(w.sum(axis=(-1, -2)), 1e-12)
+  final = (d[..., -1, :] * w[:, -1]).sum(axis=-1) / jnp.maximum(w[:, -1].sum(axis=-1), 1e-12)
+  return avg, final
+
+
+def _valid(gt_padding, keypoint_weights=None):
+  """[B] bool: no padded frame (and, with weights, a weighted keypoint at the last frame)."""
+  valid = ~jnp.any(gt_padding, axis=-1)
+  if keypoint_weights is not None:
+    valid &= jnp.any(jnp.asarray(keypoint_weights)[:, -1] > 0, axis=-1)
+  return valid
 
 
 def _min_over_first_k(dist, ks):
@@ -54,7 +72,8 @@ def _min_over_first_k(dist, ks):
 
 
 @functools.partial(jax.jit, static_argnames=("ks",))
-def per_sample_min_distances(gt_actions, gt_padding, pred_actions, ks=DEFAULT_KS):
+def per_sample_min_distances(gt_actions, gt_padding, pred_actions, ks=DEFAULT_KS,
+                             keypoint_weights=None):
   """Per-sample Best-of-K minima (jitted).
 
   Args:
@@ -62,24 +81,25 @@ def per_sample_min_distances(gt_actions, gt_padding, pred_actions, ks=DEFAULT_KS
     gt_padding: [B, T] bool, True past the episode end.
     pred_actions: [N, B, T, 48] predictions, N >= max(ks).
     ks: static tuple of K values.
+    keypoint_weights: optional [B, T, 12]: score the weighted keypoints only (module docstring).
   Returns:
     (avg_min [B, len(ks)], final_min [B, len(ks)], valid [B] bool): a sample is valid when none
     of its frames is padded; minima of invalid samples are computed but must be ignored.
   """
   check_ks(ks, pred_actions.shape[0])
-  avg, final = keypoint_distances(gt_actions, pred_actions)
-  valid = ~jnp.any(gt_padding, axis=-1)
+  avg, final = keypoint_distances(gt_actions, pred_actions, keypoint_weights)
+  valid = _valid(gt_padding, keypoint_weights)
   return _min_over_first_k(avg, ks), _min_over_first_k(final, ks), valid
 
 
-def minima(gt_actions, gt_padding, pred_actions, ks):
+def minima(gt_actions, gt_padding, pred_actions, ks, keypoint_weights=None):
   """`per_sample_min_distances` for use inside a jitted step, where a single prediction
   [1, B, T, 48] (a deterministic policy or baseline) counts for every K."""
-  avg, final = keypoint_distances(gt_actions, pred_actions)
+  avg, final = keypoint_distances(gt_actions, pred_actions, keypoint_weights)
   if pred_actions.shape[0] == 1:
     avg, final = (jnp.broadcast_to(x, (max(ks),) + x.shape[1:]) for x in (avg, final))
   return (_min_over_first_k(avg, ks), _min_over_first_k(final, ks),
-          ~jnp.any(gt_padding, axis=-1))
+          _valid(gt_padding, keypoint_weights))
 
 
 # --- Streaming accumulation ----------------------------------------------------------------------
@@ -136,6 +156,18 @@ class BestOfKAccumulator:
   def count(self) -> int:
     return self.total.count
 
+  def pooled(self, task_ids) -> dict[str, float]:
+    """The figures (and "num_samples") of the samples of `task_ids` pooled: sums over their
+    samples, not a mean of per-task means."""
+    sums = self._new()
+    for t in task_ids:
+      part = self.tasks.get(int(t))
+      if part is not None:
+        sums.avg += part.avg
+        sums.final += part.final
+        sums.count += part.count
+    return {**self._figures(sums), "num_samples": sums.count}
+
   def result(self) -> dict[str, float]:
     """{"avg@k": metres, "final@k": metres} over all valid samples seen (NaN when none)."""
     return self._figures(self.total)
@@ -146,7 +178,8 @@ class BestOfKAccumulator:
             for t, s in sorted(self.tasks.items()) if s.count}
 
 
-def best_of_k(gt_actions, gt_padding, pred_actions, ks=DEFAULT_KS) -> dict[str, float]:
+def best_of_k(gt_actions, gt_padding, pred_actions, ks=DEFAULT_KS, keypoint_weights=None
+              ) -> dict[str, float]:
   """The EgoDex Best-of-K metric on one set of samples (a contract: see docs/metric.md).
 
   Args:
@@ -154,12 +187,14 @@ def best_of_k(gt_actions, gt_padding, pred_actions, ks=DEFAULT_KS) -> dict[str, 
     gt_padding: [B, T] bool, True = padded frame; samples with any padded frame are excluded.
     pred_actions: [N, B, T, 48] canonical predictions; the first K are used for each K.
     ks: the K values; max(ks) > N raises ValueError.
+    keypoint_weights: optional [B, T, 12]: the confident-only figures (module docstring).
   Returns:
     {"avg@1": float, "final@1": float, "avg@5": ...} in metres; NaN values when no sample is
     unpadded.
   """
   ks = check_ks(ks, np.shape(pred_actions)[0])
   acc = BestOfKAccumulator(ks)
+  w = None if keypoint_weights is None else jnp.asarray(keypoint_weights, jnp.float32)
   acc.update(*per_sample_min_distances(jnp.asarray(gt_actions), jnp.asarray(gt_padding, bool),
-                                       jnp.asarray(pred_actions), ks=ks))
+                                       jnp.asarray(pred_actions), ks=ks, keypoint_weights=w))
   return acc.result()

@@ -71,12 +71,34 @@ def results_markdown(results: dict[str, Any]) -> str:
   for name in _ROWS:
     if name in results:
       lines.append(f"| {name} | " + " | ".join(_fmt(results[name].get(c)) for c in cols) + " |")
+  conf = results.get("confident")
+  if conf:
+    lines += ["", f"## Confident ground truth only ({conf.get('num_samples', 0)} samples; "
+              f"keypoints tracked with confidence >= {conf.get('min_confidence')})", "",
+              "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in _ROWS:
+      if name in conf:
+        lines.append(f"| {name} | " + " | ".join(_fmt(conf[name].get(c)) for c in cols) + " |")
   if results.get("per_task"):
     lines += ["", "## Per task (model)", "", "| task | n | " + " | ".join(cols) + " |",
               "|---" * (len(cols) + 2) + "|"]
     for task, figs in results["per_task"].items():
-      lines.append(f"| {task} | {figs.get('num_samples', '')} | "
+      label = f"{task} (held out)" if figs.get("held_out") else task
+      lines.append(f"| {label} | {figs.get('num_samples', '')} | "
                    + " | ".join(_fmt(figs["model"].get(c)) for c in cols) + " |")
+  if "held_out" in results and "in_distribution" in results:
+    lines += ["", "## In-distribution vs held-out tasks (test split; held out: "
+              + ", ".join(results["held_out"].get("tasks", [])) + ")", "",
+              "| tasks | n | row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 3) + "|"]
+    for group, title in (("in_distribution", "in-distribution"), ("held_out", "held out")):
+      sec = results[group]
+      rows = [(name, sec[name]) for name in _ROWS if name in sec]
+      if "model" in sec.get("confident", {}):
+        rows.append(("model, confident only", sec["confident"]["model"]))
+      for name, figs in rows:
+        n = sec["confident"].get("num_samples") if "confident" in name else sec.get("num_samples")
+        lines.append(f"| {title} | {n} | {name} | "
+                     + " | ".join(_fmt(figs.get(c)) for c in cols) + " |")
   if results.get("gap_closed"):
     gaps = [f for f, _ in GAP_FIGURES if f in results["gap_closed"]]
     lines += ["", "## Gap closed: (static - model) / (static - oracle)", "",

@@ -36,7 +36,8 @@ import tensorflow_datasets as tfds
 from egodex_jax import skeleton
 from egodex_jax.data import egodex
 from egodex_jax.data import normalize
-from egodex_jax.data.files import META_FILE, RECORD_VERSION, SKIPPED_FILE, STATS_FILE
+from egodex_jax.data.files import CONFIDENCE_FILE, META_FILE, RECORD_VERSION, SKIPPED_FILE
+from egodex_jax.data.files import STATS_FILE
 from tfds_builder.egodex import progress as progress_lib
 from tfds_builder.egodex import records
 from tfds_builder.egodex import tfds_compat
@@ -305,12 +306,20 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
             | f"Encode_{split}" >> beam.FlatMap(records.beam_episode, cfg.image_size, cfg.max_horizon))
 
   def _local_examples(self, split: str):
-    """Yields (key, record) in (episode, frame) order; integer keys keep that order on disk."""
+    """Yields (key, record) in (episode, frame) order; integer keys keep that order on disk.
+    Every record's confidence also goes, in that order, to CONFIDENCE_FILE (a Beam build has
+    none: the reader then reads the records' own)."""
     s, cfg = self._state, self.builder_config
-    index = 0
     jobs = ((pair, cfg.image_size, cfg.max_horizon, s.spill_dir, info["num_frames"])
             for pair, info in s.plans[split])
     plan = iter(s.plans[split])
+    conf_path = os.path.join(os.fspath(self.data_dir), CONFIDENCE_FILE.format(split=split))
+    with open(conf_path, "wb") as conf_file:
+      yield from self._local_records(split, jobs, plan, conf_file)
+
+  def _local_records(self, split, jobs, plan, conf_file):
+    s = self._state
+    index = 0
     for result in records.ordered_map(s.pool, records.encode_episode, jobs, 2 * self._num_workers):
       pair, info = next(plan)
       if not result["ok"]:
@@ -321,6 +330,7 @@ class Builder(tfds_compat.PrepareHook, tfds.core.GeneratorBasedBuilder):
         if split == s.stats_split:
           self._add_stats(rec)
         rec.update(ids)
+        conf_file.write(np.asarray(rec["confidence"], "<f4").tobytes())
         yield index * s.key_stride, rec
         index += 1
 

@@ -213,6 +213,9 @@ TASKS: dict[str, Callable] = {
     "add_remove_lid": _task_lid,
 }
 MULTIMODAL_TASKS = ("put_block_on_mat", "put_ball_in_bowl")
+# An occlusion burst's corruption of the recorded hand (`_tracking_error`), metres.
+BURST_OFFSET = 0.04
+BURST_JITTER = 0.01
 
 
 def episode_task(episode: int, tasks=tuple(TASKS)) -> tuple[str, int]:
@@ -271,7 +274,7 @@ def simulate(task: str, rng: np.random.Generator, num_frames: int, mode: int | N
   joints.update(hands.body(cam, wrists))
   joints[skeleton.CAMERA] = cam
 
-  # Confidences high, with occasional occlusion bursts: low confidence and tracking jitter.
+  # Confidences high, with occasional occlusion bursts: low confidence and a corrupted pose.
   conf = {j: np.clip(0.93 + 0.05 * scene.smooth_noise(rng, n, 1, 1.0, (0.2, 1.0))[:, 0], 0, 1)
           for j in skeleton.JOINTS}
   if rng.uniform() < 0.5 and n > 20:
@@ -279,9 +282,18 @@ def simulate(task: str, rng: np.random.Generator, num_frames: int, mode: int | N
     length = int(rng.integers(4, min(16, n // 4) + 1))
     start = int(rng.integers(0, n - length))
     sl = slice(start, start + length)
-    jitter = rng.normal(0, 0.006, size=(length, 3))
+    error = _tracking_error(rng.standard_normal((length, 3)))  # [L, 3]
     for j in skeleton.hand_joints(side):
       conf[j][sl] = rng.uniform(0.05, 0.4, size=length)
-      joints[j][sl, :3, 3] += jitter
+      joints[j][sl, :3, 3] += error
   return dict(plan=plan, scene=joints, confidences=conf)
+
+
+def _tracking_error(z: np.ndarray) -> np.ndarray:
+  """What a burst does to the recorded hand, from its draws z [L, 3] (standard normal): the
+  whole hand shifted BURST_OFFSET metres one way for the burst (a tracker locked onto the wrong
+  place) plus BURST_JITTER of frame-to-frame jitter -> [L, 3] metres. Rigid, so bones keep their
+  lengths; the same draws as the earlier 6 mm jitter, so every later draw is unchanged."""
+  direction = z.sum(0) / max(float(np.linalg.norm(z.sum(0))), 1e-9)
+  return BURST_OFFSET * direction + BURST_JITTER * z
 

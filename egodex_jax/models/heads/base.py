@@ -14,7 +14,8 @@ A head class, registered with `@register("name")`, provides:
   is_deterministic: bool          True: one sample stands for every K (BC)
   takes_noisy_actions: bool       True: the network reads (x_t, t); False: learned queries only
   num_steps: int                  network evaluations per sample
-  loss(predict, actions [N, H, D], padding [N, H] | None, rng) -> (scalar, {name: scalar})
+  loss(predict, actions [N, H, D], padding [N, H] | [N, H, D] | None, rng)
+      -> (scalar, {name: scalar})     padding: True = left out of the loss (`masked_mse`)
   sample(predict, shape (N, H, D), rng) -> [N, H, D]
 All in the policy's (normalised) action space, all pure and jittable.
 """
@@ -48,9 +49,13 @@ class Head(Protocol):
 
 
 def masked_mse(pred, target, padding=None):
-  """Mean squared error over valid elements; padding [N, H] True = padded (excluded)."""
+  """Mean squared error over valid elements; padding True = excluded: [N, H] whole frames (past
+  the episode end), or [N, H, D] single dims (`batch.loss_padding`: low-confidence keypoints)."""
   err = jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32))  # [N, H, D]
   if padding is None:
     return err.mean()
+  if padding.ndim == err.ndim:
+    w = (~padding).astype(jnp.float32)
+    return (err * w).sum() / jnp.maximum(w.sum(), 1.0)
   w = (~padding).astype(jnp.float32)[..., None]
   return (err * w).sum() / jnp.maximum(w.sum() * err.shape[-1], 1.0)
