@@ -294,7 +294,6 @@ def test_flow_matching_time_distributions():
 # A head defined only here: registered by name, it trains and samples through the policy's code
 # path like the built-in ones (the registry's promise: a new head is one class plus its name).
 
-@heads.register("one_step_test")
 @dataclasses.dataclass(frozen=True)
 class OneStepHead:
   """Maps fresh noise to a chunk in one network evaluation (t = 1), trained by regression."""
@@ -318,7 +317,17 @@ class OneStepHead:
     return predict(self.noise_scale * jax.random.normal(rng, shape), jnp.ones(shape[0]))
 
 
-def test_a_head_defined_outside_the_library_trains_and_samples():
+@pytest.fixture
+def one_step_head():
+  # Registered for this test only: a name left in the process-wide registry would enter the schema
+  # of every config saved later in the session, which a fresh process (predict CLI) cannot read.
+  heads.register("one_step_test")(OneStepHead)
+  yield OneStepHead
+  heads.HEADS.unregister("one_step_test")
+  assert "one_step_test" not in config_lib.model_config("tiny").to_dict()
+
+
+def test_a_head_defined_outside_the_library_trains_and_samples(one_step_head):
   policy = _policy("encdec", "one_step_test", one_step_test=dict(noise_scale=0.5))
   assert policy.head == OneStepHead(0.5) and not policy.is_deterministic
   assert "one_step_test" in config_lib.model_config("tiny").to_dict()  # its options in the schema

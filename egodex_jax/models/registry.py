@@ -31,6 +31,11 @@ class Registry:
       return cls
     return add
 
+  def unregister(self, name: str) -> None:
+    """Removes a name (a plugin or test that registered a class for a while); unknown is an error."""
+    self.get(name)
+    del self._classes[name]
+
   def get(self, name: str):
     if name not in self._classes:
       raise ValueError(f"unknown {self.kind} {name!r}; known: {sorted(self._classes)}.")
