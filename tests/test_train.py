@@ -56,12 +56,12 @@ def _run_cli(workdir, data_dir, num_steps, **popen):
 
 
 def test_sigterm_saves_and_resume_matches_uninterrupted_run(tiny_data, tmp_path):
-  num_steps = 80
+  num_steps = 32  # 8 checkpoints a run: saving, not stepping, is most of this test's time
   ref_dir, run_dir = str(tmp_path / 'ref'), str(tmp_path / 'run')
   train.train(tiny_config(tiny_data, num_steps=num_steps), ref_dir)
   ref = {r['step']: r['loss'] for r in metrics.read_metrics(ref_dir)}
   assert len(ref) == num_steps
-  first, last = np.mean([ref[s] for s in range(1, 11)]), np.mean([ref[s] for s in range(71, 81)])
+  first, last = np.mean([ref[s] for s in range(1, 9)]), np.mean([ref[s] for s in range(25, 33)])
   assert last < 0.8 * first, (first, last)  # it learns
 
   proc = _run_cli(run_dir, tiny_data, num_steps)
