@@ -286,10 +286,11 @@ def test_batches_equal_an_independent_reference(data, kw):
       np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
-def test_worker_batches_are_identical_and_images_come_through_shared_memory(data):
+def test_worker_batches_are_identical_and_small_arrays_are_pickled(data):
   import grain  # pylint: disable=g-import-not-at-top
-  want = _take(iter(_ds(data, goal=True, horizon=90)), 3)
-  it = iter(_ds(data, goal=True, horizon=90, worker_count=1))
+  from egodex_jax.data import records  # pylint: disable=g-import-not-at-top
+  want = _take(iter(_ds(data, goal=True, horizon=90, batch_size=16)), 3)
+  it = iter(_ds(data, goal=True, horizon=90, batch_size=16, worker_count=1))
   got = _take(it, 3)
   it.close()
   for a, b in zip(want, got):
@@ -297,18 +298,7 @@ def test_worker_batches_are_identical_and_images_come_through_shared_memory(data
     for k in a:
       np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   shm = grain.multiprocessing.SharedMemoryArray
-  # Images (4 x 32 x 32 x 3 = 12 kB here) are allocated in shared memory when at least
-  # SHM_MIN_BYTES; at this size they, like the [B] ints, travel pickled, not as a segment each.
-  assert not isinstance(got[0]["episode_id"], shm) and not isinstance(got[0]["state"], shm)
-
-
-def test_workers_allocate_large_batch_arrays_in_shared_memory(monkeypatch):
-  import grain  # pylint: disable=g-import-not-at-top
-  from egodex_jax.data import records  # pylint: disable=g-import-not-at-top
-  shm = grain.multiprocessing.SharedMemoryArray
-  big = (records.SHM_MIN_BYTES,)
-  assert not isinstance(records._empty(big, np.uint8), shm)  # in-process: plain arrays
-  monkeypatch.setattr(records, "_shared_memory_output", False)
-  records.use_shared_memory_output(0, 1)  # what Grain calls in each worker process
-  assert isinstance(records._empty(big, np.uint8), shm)
-  assert not isinstance(records._empty((records.SHM_MIN_BYTES - 1,), np.uint8), shm)
+  assert got[0]["actions"].nbytes >= records.SHM_MIN_BYTES > got[0]["image"].nbytes
+  assert isinstance(got[0]["actions"], shm)  # 16 x 90 x 48 float32: through shared memory
+  # 16 x 32 x 32 x 3 images and the [B] ints: pickled, not a shared-memory segment each.
+  assert not any(isinstance(got[0][k], shm) for k in ("image", "episode_id", "state"))

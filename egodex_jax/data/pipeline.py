@@ -255,12 +255,8 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, horizon: int, go
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=max(2, read_threads)))
   if worker_count > 0:
-    # Workers allocate a batch's images in shared memory and decode into them, so Grain passes
-    # them by name instead of copying (records.use_shared_memory_output); arrays under
-    # SHM_MIN_BYTES travel pickled rather than one shared-memory segment each (Grain's default
-    # min_shm_size 0 gives every array, the int32 [B] ones too, its own segment).
+    # Arrays under SHM_MIN_BYTES travel pickled, not in a shared-memory segment each.
     it = grain.experimental.WithOptionsIterDataset(
         it, grain.experimental.DatasetOptions(min_shm_size=records.SHM_MIN_BYTES))
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count),
-                        worker_init_fn=records.use_shared_memory_output)
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it

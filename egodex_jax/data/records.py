@@ -5,9 +5,8 @@ docs/pipeline.md): the JPEG decode dominates; around it, reading the record (Arr
 ~0.03 ms), parsing it (~0.01 ms) and copying the window rows into the batch. What this module
 avoids: ArrayRecordDataSource.__getitems__ (a fresh thread pool per call plus the C++ parallel
 read cost twice the CPU of plain reads in the calling thread: the pipeline already reads batches
-in parallel), a decode into a temporary image then a copy (simplejpeg writes into the batch
-array), and, in a Grain worker process, the copy of the images into shared memory (they are
-decoded straight into shared memory, see `use_shared_memory_output`).
+in parallel) and a decode into a temporary image then a copy (simplejpeg writes into the batch
+array).
 """
 
 from __future__ import annotations
@@ -89,26 +88,11 @@ class RecordSource:
 
 # --- batches -------------------------------------------------------------------------------
 _BATCH_INTS = ("instruction_id", "task_id", "mode", "episode_id", "frame")
-# Arrays of at least this size are passed from a Grain worker through shared memory (the images;
-# `actions` at long horizons); smaller ones are pickled with the element, one shared-memory
-# segment per array costing more than copying a few kB (pipeline.make_dataset sets Grain's
-# min_shm_size to this).
+# Arrays of at least this size are passed from a Grain worker process through shared memory
+# (pipeline.make_dataset sets Grain's min_shm_size to it); smaller ones travel pickled with the
+# element. Grain's default, 0, gives every array (each [B] int32 one too) its own shared-memory
+# segment, whose creation and first touch cost more than pickling a few kB (docs/pipeline.md).
 SHM_MIN_BYTES = 1 << 16
-_shared_memory_output = False
-
-
-def use_shared_memory_output(*_) -> None:
-  """Grain's worker_init_fn: in this worker process, batches' large arrays are allocated in
-  shared memory, so Grain hands them to the main process by name instead of copying them."""
-  global _shared_memory_output
-  _shared_memory_output = True
-
-
-def _empty(shape: tuple[int, ...], dtype) -> np.ndarray:
-  if _shared_memory_output and np.prod(shape) * np.dtype(dtype).itemsize >= SHM_MIN_BYTES:
-    import grain  # pylint: disable=g-import-not-at-top
-    return grain.multiprocessing.SharedMemoryArray(shape, dtype)
-  return np.empty(shape, dtype)
 
 
 class SampleLoader:
@@ -128,9 +112,9 @@ class SampleLoader:
     _one_opencv_thread()
     idx = [int(i) for i in np.asarray(indices).reshape(-1)]
     n, h, s = len(idx), self.horizon, self.image_size
-    image = _empty((n, s, s, 3), np.uint8)
+    image = np.empty((n, s, s, 3), np.uint8)
     state = np.empty((n, 48), np.float32)
-    actions = _empty((n, h, 48), np.float32)
+    actions = np.empty((n, h, 48), np.float32)
     padding = np.empty((n, h), np.bool_)
     mode_targets = np.empty((n, 2, 3), np.float32)
     ints = np.empty((len(_BATCH_INTS), n), np.int32)
@@ -152,7 +136,7 @@ class SampleLoader:
       t = out["frame"].astype(np.int64)
       n_frames = self.num_frames[out["episode_id"]]
       goal_idx = np.asarray(idx) - t + np.minimum(t + h, n_frames - 1)
-      out["goal_image"] = goal = _empty((n, s, s, 3), np.uint8)
+      out["goal_image"] = goal = np.empty((n, s, s, 3), np.uint8)
       for b, i in enumerate(goal_idx.tolist()):
         decode_jpeg(self.source[i]["image"], s, goal[b])
     return out
