@@ -136,6 +136,8 @@ def main(argv=None) -> int:
   p.add_argument("--workers", default="0,1,2", help="comma list of Grain worker counts")
   p.add_argument("--threads", type=int, default=1, help="read threads per process")
   p.add_argument("--rounds", type=int, default=3, help="alternating rounds; best one reported")
+  p.add_argument("--train", action="store_true",
+                 help="then the data wait of training steps (benchmarks/train_wait.py)")
   args = p.parse_args(argv)
 
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -181,6 +183,9 @@ def main(argv=None) -> int:
     cpu_cols = f" {cpu:8.3f} {decode_cpu / cpu:8.2f}" if cpu else ""
     print(f"{name:40s} {rate:10.1f} {per:10.1f} {rate / naive:8.1f} {per / decode:8.2f}"
           + cpu_cols)
+  if args.train:
+    from benchmarks import train_wait  # pylint: disable=g-import-not-at-top
+    return train_wait.main(["--work_dir", args.work_dir])
   return 0
 
 
