@@ -45,8 +45,9 @@ def decode_jpeg(data: bytes, size: int | None = None, out: np.ndarray | None = N
       header = None
   if header is None:
     img = _decode_cv2(data)
-  elif size is not None and header[0] != size or out is None or out.shape[:2] != header[:2]:
-    img = _simplejpeg.decode_jpeg(data, "RGB")
+  elif (size is not None and header[0] != size or out is None or out.dtype != np.uint8
+        or out.shape != (header[0], header[1], 3) or not out.flags.c_contiguous):
+    img = _simplejpeg.decode_jpeg(data, "RGB")  # then resized / copied into `out`
   else:
     return _simplejpeg.decode_jpeg(data, "RGB", buffer=out)
   if size is not None and img.shape[0] != size:
