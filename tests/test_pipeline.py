@@ -302,3 +302,16 @@ def test_worker_batches_are_identical_and_small_arrays_are_pickled(data):
   assert isinstance(got[0]["actions"], shm)  # 16 x 90 x 48 float32: through shared memory
   # 16 x 32 x 32 x 3 images and the [B] ints: pickled, not a shared-memory segment each.
   assert not any(isinstance(got[0][k], shm) for k in ("image", "episode_id", "state"))
+
+
+def test_worker_iterator_state_restores_the_same_next_batches(data):
+  it = iter(_ds(data, worker_count=1))
+  _take(it, 2)
+  state = it.get_state()
+  after = [_ids(b) for b in _take(it, 3)]
+  it.close()
+  it2 = iter(_ds(data, worker_count=1))
+  it2.set_state(state)
+  got = [_ids(b) for b in _take(it2, 3)]
+  it2.close()
+  assert got == after
