@@ -239,3 +239,79 @@ def test_worker_process_path_matches_in_process(data):
   it.close()  # Grain: stop the worker now rather than at garbage collection
   assert [_ids(b) for b in got] == a
   assert got[0]["image"].shape == (4, S, S, 3)
+
+
+def _reference_batch(meta, src, idx, horizon, goal, size):
+  """What a batch of record indices must hold, from TFDS's own deserialisation and OpenCV's
+  decode (the loader before records.py's batched, in-place version), none of the pipeline's
+  code: keeps the output identical across changes to how it is produced."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  by_id = {e["episode_id"]: e for e in meta.episodes["train"]}
+
+  def image(rec):
+    img = cv2.imdecode(np.frombuffer(rec["image"], np.uint8), cv2.IMREAD_COLOR_RGB)
+    return img if size == S else cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+
+  recs = [src[int(i)] for i in idx]
+  out = {"image": np.stack([image(r) for r in recs]),
+         "state": np.stack([r["window"][0] for r in recs]),
+         "actions": np.stack([r["window"][1:horizon + 1] for r in recs]),
+         "padding": np.stack([r["padding"][1:horizon + 1] for r in recs]),
+         "mode_targets": np.stack([r["mode_targets"] for r in recs])}
+  for k in ("instruction_id", "task_id", "mode", "episode_id", "frame"):
+    out[k] = np.array([r[k] for r in recs], np.int32)
+  if goal:
+    goals = [int(i) - int(r["frame"]) + min(int(r["frame"]) + horizon,
+                                             by_id[int(r["episode_id"])]["num_frames"] - 1)
+             for i, r in zip(idx, recs)]
+    out["goal_image"] = np.stack([image(src[g]) for g in goals])
+  return out
+
+
+@pytest.mark.parametrize("kw", [dict(goal=True), dict(horizon=90, image_size=16, goal=True),
+                                dict(batch_size=7, shuffle=False)])
+def test_batches_equal_an_independent_reference(data, kw):
+  meta, src = data["meta"], pipeline.data_source(data["meta"], "train")
+  args = dict(batch_size=4, horizon=30, seed=3, image_size=S, goal=False)
+  args.update(kw)
+  ds = _ds(data, **args)
+  order = pipeline.BatchIndices(pipeline.sample_indices(meta, "train"), args["batch_size"],
+                                seed=3, shuffle=args.get("shuffle", True))
+  for i, got in enumerate(_take(iter(ds), 4)):
+    want = _reference_batch(meta, src, order[i], args["horizon"], args["goal"],
+                            args["image_size"])
+    assert set(got) == set(want)
+    for k in want:
+      assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_worker_batches_are_identical_and_small_arrays_are_pickled(data):
+  import grain  # pylint: disable=g-import-not-at-top
+  from egodex_jax.data import records  # pylint: disable=g-import-not-at-top
+  want = _take(iter(_ds(data, goal=True, horizon=90, batch_size=16)), 3)
+  it = iter(_ds(data, goal=True, horizon=90, batch_size=16, worker_count=1))
+  got = _take(it, 3)
+  it.close()
+  for a, b in zip(want, got):
+    assert set(a) == set(b)
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  shm = grain.multiprocessing.SharedMemoryArray
+  assert got[0]["actions"].nbytes >= records.SHM_MIN_BYTES > got[0]["image"].nbytes
+  assert isinstance(got[0]["actions"], shm)  # 16 x 90 x 48 float32: through shared memory
+  # 16 x 32 x 32 x 3 images and the [B] ints: pickled, not a shared-memory segment each.
+  assert not any(isinstance(got[0][k], shm) for k in ("image", "episode_id", "state"))
+
+
+def test_worker_iterator_state_restores_the_same_next_batches(data):
+  it = iter(_ds(data, worker_count=1))
+  _take(it, 2)
+  state = it.get_state()
+  after = [_ids(b) for b in _take(it, 3)]
+  it.close()
+  it2 = iter(_ds(data, worker_count=1))
+  it2.set_state(state)
+  got = [_ids(b) for b in _take(it2, 3)]
+  it2.close()
+  assert got == after

@@ -15,7 +15,6 @@ Batches hold canonical values (metres, camera frame t); see docs/interfaces.md f
 from __future__ import annotations
 
 import dataclasses
-import functools
 import glob
 import hashlib
 import json
@@ -27,10 +26,12 @@ import numpy as np
 
 from egodex_jax.data import confidence as confidence_lib
 from egodex_jax.data import normalize
-from egodex_jax.data.frames import decode_jpeg  # noqa: F401  (pipeline.decode_jpeg, as before)
+from egodex_jax.data import records
 from egodex_jax.data.files import META_FILE, READABLE_VERSIONS, RECORD_VERSION, STATS_FILE
-
-DATASET_NAME = "egodex"
+from egodex_jax.data.frames import decode_jpeg  # noqa: F401  (pipeline.decode_jpeg, as before)
+# Record reading and batch loading live in data/records.py; these names stay importable here.
+from egodex_jax.data.records import (  # noqa: F401
+    DATASET_NAME, RecordSource, SampleLoader, parse_record)
 _BUILD_HINT = "build it with: python -m tfds_builder.egodex --raw_dir RAW --data_dir DATA_DIR"
 
 
@@ -155,122 +156,6 @@ def read_windows(meta: DatasetMeta, split: str, *, data_fraction: float = 1.0,
     yield (np.stack([r["window"] for r in recs]), np.stack([r["padding"][1:] for r in recs]))
 
 
-# --- records -------------------------------------------------------------------------------
-# TFDS stores each record as a serialised tf.train.Example; since record version 1.1.0 the float
-# tensors are raw float32 bytes (Tensor encoding='bytes'), so parsing is protobuf's C parser plus
-# one np.frombuffer per tensor. TFDS's own `deserialize_example_np` reads the same records through
-# a per-feature dispatch that costs about as much as a JPEG decode (benchmarks/pipeline_bench.py);
-# the tests check both give the same values for every record.
-_FLOATS = ("window", "confidence", "mode_targets")  # float32, raw bytes
-_INTS = ("num_future", "episode_id", "frame", "task_id", "instruction_id", "mode")
-# padding: bool, raw bytes; rows of `window` that are not real (row 0: the frame is no sample)
-
-
-@functools.cache
-def _example_class():
-  # TFDS's vendored copy of tf.train.Example (no TensorFlow needed).
-  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
-  return tf_example_pb2.Example
-
-
-def parse_record(buf: bytes) -> dict[str, Any]:
-  """Serialised record -> {image: bytes, window: [M+1, 48], confidence: [12],
-  mode_targets: [2, 3] float32, padding: [M+1] bool (read-only views), the int fields: int}."""
-  feature = _example_class().FromString(buf).features.feature
-  try:
-    rec = {"image": feature["image"].bytes_list.value[0]}
-    for k in _FLOATS:
-      rec[k] = np.frombuffer(feature[k].bytes_list.value[0], np.float32)
-    for k in _INTS:
-      rec[k] = feature[k].int64_list.value[0]
-  except (KeyError, IndexError) as e:
-    raise ValueError(f"a record lacks the feature {e} of EgoDex record version "
-                     f"{RECORD_VERSION}; rebuild the dataset") from None
-  rec["window"] = rec["window"].reshape(-1, 48)
-  rec["mode_targets"] = rec["mode_targets"].reshape(-1, 3)
-  if "padding" in feature:
-    rec["padding"] = np.frombuffer(feature["padding"].bytes_list.value[0], np.bool_)
-  else:  # record version 1.1.0: padding is exactly the rows past num_future
-    rec["padding"] = np.arange(len(rec["window"])) > rec["num_future"]
-  return rec
-
-
-class RecordSource:
-  """Random access to a split's records as dicts shaped like the dataset's features."""
-
-  def __init__(self, meta: DatasetMeta, split: str):
-    from array_record.python import array_record_data_source  # pylint: disable=g-import-not-at-top
-    paths = sorted(glob.glob(os.path.join(meta.data_dir, f"{DATASET_NAME}-{split}.array_record-*")))
-    if not paths:
-      raise FileNotFoundError(f"{meta.data_dir}: no ArrayRecord shards for split '{split}'")
-    self._source = array_record_data_source.ArrayRecordDataSource(paths)
-
-  def __len__(self) -> int:
-    return len(self._source)
-
-  def __getitem__(self, index: int) -> dict[str, Any]:
-    return parse_record(self._source[index])
-
-  def get_many(self, indices: list[int]) -> list[dict[str, Any]]:
-    """One batched read (ArrayRecord reads them in parallel)."""
-    return [parse_record(b) for b in self._source.__getitems__(indices)]
-
-
-class SampleLoader:
-  """Record indices -> a batch as in the table of docs/interfaces.md."""
-
-  def __init__(self, source, num_frames_by_episode: np.ndarray, horizon: int, goal: bool,
-               image_size: int, confidence: confidence_lib.FutureConfidence | None = None):
-    self.source = source
-    self.num_frames = num_frames_by_episode  # [E] int
-    self.horizon = horizon
-    self.goal = goal
-    self.image_size = image_size
-    self.confidence = confidence  # the `confidence` key [B, H, 12] when given
-
-  def load_batch(self, indices) -> dict[str, np.ndarray]:
-    """[B] record indices -> a batch; images are decoded straight into the batch arrays."""
-    _one_opencv_thread()
-    idx = [int(i) for i in np.asarray(indices).reshape(-1)]
-    recs = self.source.get_many(idx)
-    n, h, s = len(idx), self.horizon, self.image_size
-    out = {"image": np.empty((n, s, s, 3), np.uint8),
-           "state": np.empty((n, 48), np.float32),
-           "actions": np.empty((n, h, 48), np.float32),
-           "mode_targets": np.empty((n, 2, 3), np.float32)}
-    out["padding"] = np.empty((n, h), np.bool_)
-    for b, rec in enumerate(recs):
-      decode_jpeg(rec["image"], s, out["image"][b])
-      window = rec["window"]  # [M+1, 48] view of the record's bytes: one copy into the batch
-      out["state"][b] = window[0]
-      out["actions"][b] = window[1:h + 1]
-      out["padding"][b] = rec["padding"][1:h + 1]  # past the end or a non-finite frame
-      out["mode_targets"][b] = rec["mode_targets"]
-    ints = {k: np.array([r[k] for r in recs], np.int32) for k in _BATCH_INTS}
-    out.update(ints)
-    if self.confidence is not None:
-      out["confidence"] = self.confidence(idx, out["frame"], self.num_frames[out["episode_id"]], h)
-    if self.goal:  # goal frame of record i (frame t): record i - t + min(t + H, N - 1)
-      t = out["frame"].astype(np.int64)
-      n_frames = self.num_frames[out["episode_id"]]
-      goal_idx = np.asarray(idx) - t + np.minimum(t + h, n_frames - 1)
-      out["goal_image"] = np.empty((n, s, s, 3), np.uint8)
-      for b, rec in enumerate(self.source.get_many(goal_idx.tolist())):
-        decode_jpeg(rec["image"], s, out["goal_image"][b])
-    return out
-
-
-_BATCH_INTS = ("instruction_id", "task_id", "mode", "episode_id", "frame")
-
-
-@functools.cache
-def _one_opencv_thread() -> None:
-  # Per process (and per Grain worker): OpenCV's own thread pool only adds wake-ups on 224 px
-  # images, while the pipeline's read threads / worker processes already use the cores.
-  import cv2  # pylint: disable=g-import-not-at-top
-  cv2.setNumThreads(1)
-
-
 class BatchIndices:
   """Batch i -> its record indices [<= B] int64: the samples repeated `num_epochs` times (None:
   forever), each epoch in a new order, cut into batches as one stream (a batch may straddle two
@@ -370,5 +255,8 @@ def make_dataset(data_dir: str, split: str, *, batch_size: int, horizon: int, go
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=max(2, read_threads)))
   if worker_count > 0:
+    # Arrays under SHM_MIN_BYTES travel pickled, not in a shared-memory segment each.
+    it = grain.experimental.WithOptionsIterDataset(
+        it, grain.experimental.DatasetOptions(min_shm_size=records.SHM_MIN_BYTES))
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return it
