@@ -66,9 +66,12 @@ def test_scanned_equals_unrolled_forward_loss_and_cached_sampling(backbone):
       inputs = pol.inputs(batch)
       out[name + "_full"] = pol.net.apply({"params": p}, inputs, x_t, t, method=PolicyNet.full)
       out[name + "_loss"] = pol.loss(p, batch, jax.random.PRNGKey(1), train=True)[0]
-    # The cached path of the scanned model: memory [B, L, ...] (stacked caches), one decode.
+    # The cached path of the scanned model: memory [B, L, ...] (stacked caches), one decode;
+    # and K = 2 samples end to end (K folded into the batch: memory leaves stay batch-leading).
     memory = scanned.encode(p_scanned, batch)
     out["s_cached"] = scanned.predict(p_scanned, memory, x_t, t)
+    out["s_sample"] = scanned.sample(p_scanned, batch, jax.random.PRNGKey(2), 2)
+    out["s_naive"] = scanned.sample_naive(p_scanned, batch, jax.random.PRNGKey(2), 2)
     return out
 
   out = jax.device_get(run(params, stacked))
@@ -76,12 +79,8 @@ def test_scanned_equals_unrolled_forward_loss_and_cached_sampling(backbone):
   np.testing.assert_allclose(out["s_full"], out["u_full"], **tol)
   np.testing.assert_allclose(out["s_loss"], out["u_loss"], **tol)
   np.testing.assert_allclose(out["s_cached"], out["s_full"], **tol)  # decode(encode) == full
-  # Sampling end to end (K folded into the batch: memory leaves stay batch-leading).
-  k_samples = jax.jit(lambda p: (scanned.sample(p, batch, jax.random.PRNGKey(2), 2),
-                                 scanned.sample_naive(p, batch, jax.random.PRNGKey(2), 2)))
-  cached, naive = k_samples(stacked)
-  assert cached.shape == (2, B, H, 48)
-  np.testing.assert_allclose(cached, naive, **tol)
+  assert out["s_sample"].shape == (2, B, H, 48)
+  np.testing.assert_allclose(out["s_sample"], out["s_naive"], **tol)
 
 
 def test_fsdp_never_splits_the_layer_axis():
@@ -111,9 +110,10 @@ def test_fsdp_never_splits_the_layer_axis():
 
 def test_checkpoint_saved_without_scan_layers_restores_unrolled(tmp_path):
   """A checkpoint of an older version (saved config without model.scan_layers, unrolled params)
-  restores for inference, evaluation and resumption under today's default (scan_layers=True)."""
+  restores for inference, evaluation and resumption even when today's config says
+  scan_layers=True: the layout is the checkpoint's."""
   config = tiny_config(str(tmp_path / "no_data"), name="bc_encdec")
-  assert config.model.scan_layers  # today's default
+  config.model.scan_layers = True  # today's config asks for scanned layers
   old = config.copy_and_resolve_references()
   old.model.scan_layers = False
   spec = dict(instructions=INSTRUCTIONS, image_size=S, vocab_instructions=INSTRUCTIONS)
@@ -135,6 +135,9 @@ def test_checkpoint_saved_without_scan_layers_restores_unrolled(tmp_path):
   # Training / --mode=eval: today's config is read in the checkpoint's layout.
   assert train.with_checkpoint_layout(config, manager, str(tmp_path)).model.scan_layers is False
   assert config.model.scan_layers  # the caller's config is left alone
+  config.model.scan_layers = False  # same layout: the config itself comes back
+  assert train.with_checkpoint_layout(config, manager, str(tmp_path)) is config
+  config.model.scan_layers = True
   # Inference: the saved config alone.
   loaded = inference.load_policy(str(tmp_path))
   assert loaded.config.model.scan_layers is False

@@ -24,10 +24,11 @@ _DEFAULTS = dict(
     size="paper", backbone="encdec", head="fm", mask="block",
     emb_dim=1024, num_heads=16, num_layers=11, enc_layers=5, dec_layers=5, mlp_ratio=4,
     dropout=0.1, attn_dropout=0.0, dtype="float32",
-    # nn.scan over each stack of identical blocks, params stacked [L, ...]: XLA compiles one block
-    # per stack instead of every block (docs/compile.md). A checkpoint whose saved config lacks
-    # the field was saved unrolled: `checkpoint_layout` reads it as False.
-    scan_layers=True,
+    # nn.scan over each stack of identical blocks, params stacked [L, ...]: XLA traces one block
+    # per stack instead of every block. Off: on XLA:CPU it does not shorten the paper-size step's
+    # compile (measured in docs/compile.md). A checkpoint whose saved config lacks the field was
+    # saved unrolled: `checkpoint_layout` reads it as False, whatever this default is.
+    scan_layers=False,
     remat=False,  # nn.remat each scanned block: recompute activations in the backward pass
 )
 
