@@ -149,3 +149,21 @@ def test_checkpoint_saved_without_scan_layers_restores_unrolled(tmp_path):
   want = jax.eval_shape(scanned.init, jax.random.PRNGKey(0), obs)
   assert (jax.tree.map(jnp.shape, transformer.stack_layers(loaded.params))
           == jax.tree.map(lambda s: s.shape, want))
+
+
+def test_remat_gives_the_same_gradients_and_caches_are_stacked():
+  d, t = 16, 5
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, t, d))
+  mask = np.ones((t, t), bool)
+  plain = transformer.Decoder(dim=d, num_heads=2, num_layers=2, scan=True)
+  remat = transformer.Decoder(dim=d, num_heads=2, num_layers=2, scan=True, remat=True)
+  params = plain.init(jax.random.PRNGKey(1), x, mask)
+
+  @jax.jit
+  def run(p):
+    grads = [jax.grad(lambda q: m.apply(q, x, mask).sum())(p) for m in (plain, remat)]
+    return grads, plain.apply(p, x, mask, method=transformer.Decoder.prefix)
+
+  grads, (k, v) = run(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), *grads)
+  assert k.shape == v.shape == (2, 2, t, 2, d // 2)  # [L, B, T, heads, D/heads]
