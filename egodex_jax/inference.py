@@ -172,6 +172,8 @@ def load_policy(workdir: str, step: int | None = None) -> TrainedPolicy:
     raise UserError(f'{ckpt_dir}/{step}: lacks its config or normalizer item (written by an '
                     'older version); retrain in a new workdir.')
   config = ml_collections.ConfigDict(saved_config)
+  # The params' layer layout is the checkpoint's: configs saved before the field were unrolled.
+  config.model.scan_layers = config_lib.checkpoint_layout(saved_config.get('model'))
   spec = ckpt_lib.restore_json(manager, 'policy', step) or _spec_from_dataset(config, ckpt_dir)
   policy = train.policy_from_spec(config, spec)
   state = _restore_state(manager, step, config, policy, spec)

@@ -3,7 +3,10 @@
 The batch is split over both mesh axes (every device sees B / num_devices rows). Parameters and
 everything shaped like them (optimizer moments, EMA) follow big_vision's FSDP rule: an array of at
 least `min_size` elements is split over 'fsdp' along its largest axis divisible by the fsdp size;
-smaller arrays (biases, norms, scalars, the rng) are replicated.
+smaller arrays (biases, norms, scalars, the rng) are replicated. Parameters of a scanned stack
+(`model.scan_layers`: leaves under `transformer.STACKED` names, [L, ...]) never have their layer
+axis split (each layer's slice is needed whole by one scan iteration); the rule is applied to
+each layer's [...] as if unrolled, so both layouts shard every layer alike.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from egodex_jax.models import transformer
 
 AXES = ('data', 'fsdp')
 BATCH_SPEC = P(AXES)
@@ -41,8 +46,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**14) -> P:
-  """big_vision's rule: split the largest axis divisible by `fsdp`, if the array is big enough."""
+def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**14, *,
+              stacked: bool = False) -> P:
+  """big_vision's rule: split the largest axis divisible by `fsdp`, if the array is big enough.
+  stacked: axis 0 is a scanned stack's layer axis: never split; the rule sees one layer."""
+  if stacked and len(shape) >= 1:
+    layer = fsdp_spec(tuple(shape[1:]), fsdp, min_size)
+    return P(None, *layer) if layer else P()
   if fsdp == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
     return P()
   for axis in np.argsort(shape)[::-1]:  # largest first
@@ -53,15 +63,20 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int = 2**14) -> P:
   return P()
 
 
+def is_stacked(path) -> bool:
+  """Whether a pytree path (jax.tree_util keys) runs through a scanned stack's params."""
+  return any(getattr(k, 'key', None) in transformer.STACKED for k in path)
+
+
 def tree_shardings(mesh: Mesh, tree, min_size: int = 2**14):
   """NamedShardings for a pytree of arrays or ShapeDtypeStructs (params, optimizer state, ...)."""
   fsdp = mesh.shape['fsdp']
 
-  def one(x):
+  def one(path, x):
     shape = tuple(getattr(x, 'shape', ()))
-    return NamedSharding(mesh, fsdp_spec(shape, fsdp, min_size))
+    return NamedSharding(mesh, fsdp_spec(shape, fsdp, min_size, stacked=is_stacked(path)))
 
-  return jax.tree.map(one, tree)
+  return jax.tree_util.tree_map_with_path(one, tree)
 
 
 def global_batch(batch: dict, mesh: Mesh) -> dict:

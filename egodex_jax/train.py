@@ -37,6 +37,7 @@ from egodex_jax.data import batch as batch_lib
 from egodex_jax.data import holdout
 from egodex_jax.data import normalize
 from egodex_jax.data import pipeline
+from egodex_jax.models import config as config_lib
 from egodex_jax.models import policy as policy_lib
 # The state and the pure step live in step.py (importable without the data pipeline); train.X
 # names them as before.
@@ -233,6 +234,7 @@ def train(config, workdir: str) -> dict:
   resuming = manager.latest_step() is not None
   signature = dataset_signature(config, meta)
   if resuming:
+    config = with_checkpoint_layout(config, manager, workdir)
     normalizer = restore_normalizer(manager, workdir, signature)
   else:
     normalizer = fit_normalizer(config, meta)
@@ -344,6 +346,22 @@ def train(config, workdir: str) -> dict:
 
 # ----------------------------------------------------------------------------- a trained workdir
 
+def with_checkpoint_layout(config, manager, workdir: str):
+  """`config` with the layer layout (model.scan_layers) the latest checkpoint was saved with: its
+  params' tree depends on it. Saved configs without the field are unrolled ones (older runs)."""
+  saved = ckpt_lib.restore_json(manager, 'config') or {}
+  layout = config_lib.checkpoint_layout(saved.get('model'))
+  if config_lib.resolve_config(config.model)['scan_layers'] == layout:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config.model.scan_layers = layout
+  if jax.process_index() == 0:
+    print(f'{workdir}: its checkpoints were saved with model.scan_layers={layout}; using that '
+          'layout.', flush=True)
+  return config
+
+
 def restore_normalizer(manager, workdir: str, signature: dict) -> normalize.Normalizer:
   """The normaliser a checkpoint was trained with, checked against today's config and data."""
   saved = ckpt_lib.restore_json(manager, 'normalizer')
@@ -360,6 +378,7 @@ def restore_for_eval(config, workdir: str, meta):
   if manager.latest_step() is None:
     raise UserError(f'{ckpt_lib.checkpoint_dir(workdir)}: no checkpoint to evaluate (train first '
                     'with --mode=train).')
+  config = with_checkpoint_layout(config, manager, workdir)
   normalizer = restore_normalizer(manager, workdir, dataset_signature(config, meta))
   mesh = sharding_lib.make_mesh(config.mesh.fsdp)
   policy = make_policy(config, meta)

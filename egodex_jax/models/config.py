@@ -24,6 +24,12 @@ _DEFAULTS = dict(
     size="paper", backbone="encdec", head="fm", mask="block",
     emb_dim=1024, num_heads=16, num_layers=11, enc_layers=5, dec_layers=5, mlp_ratio=4,
     dropout=0.1, attn_dropout=0.0, dtype="float32",
+    # nn.scan over each stack of identical blocks, params stacked [L, ...]: XLA traces one block
+    # per stack instead of every block. Off: on XLA:CPU it does not shorten the paper-size step's
+    # compile (measured in docs/compile.md). A checkpoint whose saved config lacks the field was
+    # saved unrolled: `checkpoint_layout` reads it as False, whatever this default is.
+    scan_layers=False,
+    remat=False,  # nn.remat each scanned block: recompute activations in the backward pass
 )
 
 PRESETS = {
@@ -89,6 +95,12 @@ def resolve_config(model_config) -> dict:
       raise ValueError(f"models/config.py: {msg} (got {cfg}).")
   make_head(cfg)  # the head validates its own options
   return cfg
+
+
+def checkpoint_layout(saved_model_config) -> bool:
+  """The `scan_layers` a checkpoint was saved with, from its saved `config.model`: configs saved
+  before the field existed had unrolled layers (False), whatever today's default is."""
+  return bool((saved_model_config or {}).get("scan_layers", False))
 
 
 def make_head(cfg: dict):

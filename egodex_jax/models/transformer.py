@@ -13,10 +13,19 @@ Under both, observation tokens never attend to action tokens, so the observation
 once per sample batch: `Decoder.prefix` returns each block's keys/values (a KV cache) and
 `Decoder.extend` runs only the action tokens against it; `EncoderDecoder.encode` returns each
 decoder block's cross-attention keys/values.
+
+Layer layouts (`scan`, config `model.scan_layers`, docs/compile.md): unrolled, every block is its
+own module (`block_<i>`, `enc_block_<i>`, `dec_block_<i>`) and XLA compiles each one; scanned,
+each stack of identical blocks is one module (`blocks`, `enc_blocks`, `dec_blocks`) run under
+`nn.scan` with its parameters stacked on a leading layer axis [L, ...], compiled once. Both give
+the same outputs for the same weights; `stack_layers` / `unstack_layers` convert the params.
+With scan, the caches are stacked too: `prefix` -> (k, v) each [L, B, To, heads, D/heads],
+`encode` -> cross (k, v) each [L, B, To, heads, D/heads]; unrolled, lists of per-block (k, v).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +34,10 @@ import jax.numpy as jnp
 import numpy as np
 
 MASKS = ("block", "xil_causal")
+# Unrolled block name prefix -> the scanned stack's module name. sharding.py never splits the
+# leading (layer) axis of parameters under these names.
+STACKS = {"block": "blocks", "enc_block": "enc_blocks", "dec_block": "dec_blocks"}
+STACKED = tuple(STACKS.values())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,8 +154,8 @@ class Block(nn.Module):
     self.mlp = SwiGLU(self.mlp_ratio * self.dim, self.dtype)
     self.drop = nn.Dropout(self.dropout)
 
-  def __call__(self, x, mask, *, prefix_kv=None, train=False):
-    """-> (x, (k, v) of x's own tokens)."""
+  def __call__(self, x, mask, prefix_kv=None, train=False):
+    """-> (x, (k, v) of x's own tokens). Positional arguments: `_scan` passes them so."""
     h, kv = self.attn(self.norm1(x), mask, prefix_kv=prefix_kv, train=train)
     x = x + self.drop(h, deterministic=not train)
     x = x + self.drop(self.mlp(self.norm2(x)), deterministic=not train)
@@ -171,13 +184,63 @@ class CrossBlock(nn.Module):
     """Encoder output [B, To, D] -> this block's cross-attention (k, v): compute once, reuse."""
     return self.cross.kv(memory)
 
-  def __call__(self, x, self_mask, cross_kv, cross_mask, *, train=False):
+  def __call__(self, x, self_mask, cross_kv, cross_mask, train=False):
     h, _ = self.attn(self.norm1(x), self_mask, train=train)
     x = x + self.drop(h, deterministic=not train)
     h, _ = self.cross(self.norm_cross(x), cross_mask, kv=cross_kv, train=train)
     x = x + self.drop(h, deterministic=not train)
     x = x + self.drop(self.mlp(self.norm2(x)), deterministic=not train)
     return x
+
+
+# ----------------------------------------------------------------------------------------------
+# Stacks of identical blocks: unrolled (a list of modules) or scanned (one module, stacked params)
+
+def _scan(body, length: int, remat: bool):
+  """nn.scan of `body(block, carry, xs) -> (carry, ys)` over `length` layers: the block's params
+  (and their init rngs) and the dropout rngs are split per layer; ys come back stacked [L, ...].
+  Masks and `train` are closed over (constants: an all-True NumPy mask still skips the select)."""
+  if remat:  # recompute each block's activations in the backward pass (memory for time)
+    body = nn.remat(body, prevent_cse=False)  # prevent_cse is unneeded under scan (flax docs)
+  return nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                 length=length)
+
+
+def stack_layers(params):
+  """Unrolled params -> the scanned layout: `block_<i>` subtrees (any depth, also `enc_block_<i>`,
+  `dec_block_<i>`) become one subtree (`blocks`, ...) with every leaf stacked [L, ...] in layer
+  order. For loading unrolled checkpoints' params into a scanned model; other keys pass through."""
+  if not isinstance(params, dict):
+    return params
+  out, groups = {}, {}
+  for key, value in params.items():
+    m = re.fullmatch(r"(%s)_(\d+)" % "|".join(STACKS), key)
+    if m:
+      groups.setdefault(m.group(1), {})[int(m.group(2))] = value
+    else:
+      out[key] = stack_layers(value)
+  for prefix, layers in groups.items():
+    if sorted(layers) != list(range(len(layers))):
+      raise ValueError(f"stack_layers: {prefix}_<i> layers {sorted(layers)} are not 0..L-1.")
+    out[STACKS[prefix]] = jax.tree.map(lambda *xs: jnp.stack(xs), *[layers[i] for i in
+                                                                    range(len(layers))])
+  return out
+
+
+def unstack_layers(params):
+  """The inverse of `stack_layers`: `blocks` [L, ...] -> `block_0` ... `block_<L-1>`."""
+  if not isinstance(params, dict):
+    return params
+  out = {}
+  prefixes = {v: k for k, v in STACKS.items()}
+  for key, value in params.items():
+    if key in prefixes:
+      n = jax.tree.leaves(value)[0].shape[0]
+      for i in range(n):
+        out[f"{prefixes[key]}_{i}"] = jax.tree.map(lambda x: x[i], value)
+    else:
+      out[key] = unstack_layers(value)
+  return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,31 +255,40 @@ class Decoder(nn.Module):
   dropout: float = 0.0
   attn_dropout: float = 0.0
   dtype: Any = jnp.float32
+  scan: bool = False   # one scanned module `blocks` (params [L, ...]) instead of `block_<i>`
+  remat: bool = False  # nn.remat each block (scan only)
 
   def setup(self):
-    self.blocks = [Block(self.dim, self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout,
-                         self.dtype, name=f"block_{i}") for i in range(self.num_layers)]
+    args = (self.dim, self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, self.dtype)
+    if self.scan:
+      self.blocks = Block(*args, name="blocks")  # called only through `_scan`: params [L, ...]
+    else:
+      self.blocks = [Block(*args, name=f"block_{i}") for i in range(self.num_layers)]
     self.norm = nn.RMSNorm(dtype=self.dtype, name="final_norm")
+
+  def _run(self, x, mask, cache, train):
+    """x [B, T, D] through every block, each after its (k, v) of `cache` (None: no prefix).
+    -> (x, per-block (k, v) of x's tokens: stacked [L, ...] when scanned, else a list)."""
+    if self.scan:
+      body = lambda blk, x, kv: blk(x, mask, kv, train)
+      return _scan(body, self.num_layers, self.remat)(self.blocks, x, cache)
+    kvs = []
+    for i, blk in enumerate(self.blocks):
+      x, kv = blk(x, mask, None if cache is None else cache[i], train)
+      kvs.append(kv)
+    return x, kvs
 
   def __call__(self, x, mask, *, train=False):
     """x [B, T, D], mask [T, T] -> [B, T, D] (final-normed)."""
-    for blk in self.blocks:
-      x, _ = blk(x, mask, train=train)
-    return self.norm(x)
+    return self.norm(self._run(x, mask, None, train)[0])
 
   def prefix(self, x_obs, obs_mask, *, train=False):
     """Observation tokens [B, To, D] -> per-block (k, v), the KV cache."""
-    cache = []
-    for blk in self.blocks:
-      x_obs, kv = blk(x_obs, obs_mask, train=train)
-      cache.append(kv)
-    return cache
+    return self._run(x_obs, obs_mask, None, train)[1]
 
   def extend(self, x_act, cache, act_mask, *, train=False):
     """Action tokens [B, Ta, D] against the cache; act_mask [Ta, To + Ta] -> [B, Ta, D]."""
-    for blk, kv in zip(self.blocks, cache):
-      x_act, _ = blk(x_act, act_mask, prefix_kv=kv, train=train)
-    return self.norm(x_act)
+    return self.norm(self._run(x_act, act_mask, cache, train)[0])
 
 
 class EncoderDecoder(nn.Module):
@@ -229,25 +301,42 @@ class EncoderDecoder(nn.Module):
   dropout: float = 0.0
   attn_dropout: float = 0.0
   dtype: Any = jnp.float32
+  scan: bool = False   # scanned `enc_blocks` / `dec_blocks` (params [L, ...])
+  remat: bool = False
 
   def setup(self):
     args = (self.dim, self.num_heads, self.mlp_ratio, self.dropout, self.attn_dropout, self.dtype)
-    self.encoder = [Block(*args, name=f"enc_block_{i}") for i in range(self.enc_layers)]
+    if self.scan:
+      self.encoder = Block(*args, name="enc_blocks")
+      self.decoder = CrossBlock(*args, name="dec_blocks")
+    else:
+      self.encoder = [Block(*args, name=f"enc_block_{i}") for i in range(self.enc_layers)]
+      self.decoder = [CrossBlock(*args, name=f"dec_block_{i}") for i in range(self.dec_layers)]
     self.enc_norm = nn.RMSNorm(dtype=self.dtype, name="enc_norm")
-    self.decoder = [CrossBlock(*args, name=f"dec_block_{i}") for i in range(self.dec_layers)]
     self.dec_norm = nn.RMSNorm(dtype=self.dtype, name="dec_norm")
 
   def encode(self, x_obs, enc_mask, *, train=False):
     """Observation tokens [B, To, D] -> per-decoder-block cross (k, v)."""
+    if self.scan:
+      body = lambda blk, x, _: (blk(x, enc_mask, None, train)[0], None)
+      x_obs, _ = _scan(body, self.enc_layers, self.remat)(self.encoder, x_obs, None)
+      memory = self.enc_norm(x_obs)
+      # The same scanned decoder params, another method: each layer's cross (k, v) [L, ...].
+      body = lambda blk, m, _: (m, blk.cross_kv(m))
+      return _scan(body, self.dec_layers, False)(self.decoder, memory, None)[1]
     for blk in self.encoder:
-      x_obs, _ = blk(x_obs, enc_mask, train=train)
+      x_obs, _ = blk(x_obs, enc_mask, None, train)
     memory = self.enc_norm(x_obs)
     return [blk.cross_kv(memory) for blk in self.decoder]
 
   def decode(self, x_act, cross_kvs, self_mask, cross_mask, *, train=False):
     """Action tokens [B, Ta, D] -> [B, Ta, D]."""
-    for blk, kv in zip(self.decoder, cross_kvs):
-      x_act = blk(x_act, self_mask, kv, cross_mask, train=train)
+    if self.scan:
+      body = lambda blk, x, kv: (blk(x, self_mask, kv, cross_mask, train), None)
+      x_act, _ = _scan(body, self.dec_layers, self.remat)(self.decoder, x_act, cross_kvs)
+    else:
+      for blk, kv in zip(self.decoder, cross_kvs):
+        x_act = blk(x_act, self_mask, kv, cross_mask, train)
     return self.dec_norm(x_act)
 
   def __call__(self, x_obs, x_act, masks, *, train=False):
