@@ -44,6 +44,8 @@ XIL_RUNNER = os.path.join(REPO, '..', 'shared', 'peer_xil', 'run_xil.sh')
 # GroupNorm, width 256, 4 heads, H = 60, batch 32; EncDec 4 + 6 layers, Dec 6 layers.
 _XIL = dict(emb_dim=256, num_heads=4, mlp_ratio=4)
 CONFIGS = {
+    'tiny': dict(size='tiny', backbone='encdec', head='fm', image=16, batch=8, horizon=8,
+                 model={}),  # tests/test_benchmarks.py
     'demo': dict(size='demo', backbone='encdec', head='fm', image=64, batch=32, horizon=30,
                  model={}),
     'xil_encdec_fm_96': dict(size='paper', backbone='encdec', head='fm', image=96, batch=32,
