@@ -204,7 +204,7 @@ def run_one(name: str, steps: int, parts: bool) -> dict:
   out = dict(config=name, params_m=round(n_params / 1e6, 2), batch=spec['batch'],
              image=spec['image'], compile_s=round(compile_s, 1), ms=round(ms, 1),
              ms_min=round(1e3 * min(times), 1), ms_max=round(1e3 * max(times), 1),
-             gflop=round(gflop, 1), loss=float(m['loss']))
+             gflop=round(gflop, 3), loss=float(m['loss']))
   if parts:
     out['parts'] = _parts(policy, optimizer, normalizer, state, batch, max(3, steps // 2))
   peak1 = matmul_peak_gflops()
