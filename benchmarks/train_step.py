@@ -40,8 +40,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 XIL_RUNNER = os.path.join(REPO, '..', 'shared', 'peer_xil', 'run_xil.sh')
 
-# X-IL's EgoDex recipe at its default width (../shared/peer_xil/README.md): ResNet-18 with
-# GroupNorm, width 256, 4 heads, H = 60, batch 32; EncDec 4 + 6 layers, Dec 6 layers.
+# X-IL's EgoDex recipe at its default width (docs/performance.md): ResNet-18 with GroupNorm,
+# width 256, 4 heads, H = 60, batch 32; EncDec 4 + 6 layers; Dec 4 layers (X-IL's decoder-only
+# backbone is its TransformerEncoder with `encoder_n_layer` = 4 layers; `decoder_n_layer` unused).
 _XIL = dict(emb_dim=256, num_heads=4, mlp_ratio=4)
 CONFIGS = {
     'tiny': dict(size='tiny', backbone='encdec', head='fm', image=16, batch=8, horizon=8,
@@ -55,9 +56,9 @@ CONFIGS = {
                               horizon=60, model=dict(_XIL, enc_layers=4, dec_layers=6),
                               xil=('encdec_fm', 224)),
     'xil_dec_bc_96': dict(size='paper', backbone='dec', head='bc', image=96, batch=32, horizon=60,
-                          model=dict(_XIL, num_layers=6), xil=('dec_bc', 96)),
+                          model=dict(_XIL, num_layers=4), xil=('dec_bc', 96)),
     'xil_dec_bc_224': dict(size='paper', backbone='dec', head='bc', image=224, batch=32,
-                           horizon=60, model=dict(_XIL, num_layers=6), xil=('dec_bc', 224)),
+                           horizon=60, model=dict(_XIL, num_layers=4), xil=('dec_bc', 224)),
     'mid': dict(size='paper', backbone='encdec', head='fm', image=224, batch=16, horizon=60,
                 model=dict(emb_dim=512, num_heads=8, enc_layers=4, dec_layers=4)),
     'paper': dict(size='paper', backbone='encdec', head='fm', image=224, batch=4, horizon=60,

@@ -95,3 +95,4 @@ def test_vocabulary_from_training_instructions_only():
   assert set(vocab) == {"pick", "up", "the", "cup"}
   assert list(table[1, :3]) == [tokenizer.UNK, vocab["the"], tokenizer.UNK]  # unseen -> UNK
   assert list(table[0, :4]) == [vocab[w] for w in ("pick", "up", "the", "cup")]
+

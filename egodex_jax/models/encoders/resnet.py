@@ -46,23 +46,6 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
-def max_pool_3x3_s2(x):
-  """ResNet's stem pooling (3x3 window, stride 2, padding 1) on [B, h, w, C] as the maximum of
-  nine strided slices: the same values and, through the ReLU before it, the same gradient as
-  `nn.max_pool`, whose backward (XLA's select-and-scatter) is about 8x slower on CPU
-  (docs/performance.md)."""
-  b, h, w, c = x.shape
-  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
-  ho, wo = (h - 1) // 2 + 1, (w - 1) // 2 + 1
-  out = None
-  for i in range(3):
-    for j in range(3):
-      s = jax.lax.slice(xp, (0, i, j, 0), (b, i + 2 * (ho - 1) + 1, j + 2 * (wo - 1) + 1, c),
-                        (1, 2, 2, 1))
-      out = s if out is None else jnp.maximum(out, s)
-  return out
-
-
 def _pool_grid(feat, grid: int):
   """[B, h, w, C] -> [B, grid*grid, C] by average pooling (exact when grid divides h and w)."""
   b, h, w, c = feat.shape
@@ -116,7 +99,7 @@ class ResNetEncoder(nn.Module):
                 name="stem_conv")(x)
     x = nn.relu(nn.GroupNorm(_groups(self.width, self.groups), dtype=self.dtype,
                              name="stem_norm")(x))
-    x = max_pool_3x3_s2(x)
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         x = BasicBlock(self.width * 2**i, 2 if (i > 0 and j == 0) else 1, self.groups, self.dtype,
