@@ -88,6 +88,7 @@ def _build(spec: dict):
   model = dict(spec['model'], backbone=spec['backbone'], head=spec['head'])
   if hasattr(train, 'make_train_step'):  # v1 (628941d): models/policies.py, no normaliser
     from egodex_jax.models import policies
+    model['image'] = {k: v for k, v in model.get('image', {}).items() if k != 'chunk_size'}
     policy = policies.make_policy(policies.model_config(spec['size'], **model), horizon=h,
                                   instructions=INSTRUCTIONS)
     batch_fn, normalizer = policies.dummy_batch, None
