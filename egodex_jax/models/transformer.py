@@ -74,7 +74,7 @@ def tokens_2d(layer, x):
   """A Dense layer over the last axis of x [..., D], applied to x as [N, D] rows.
 
   Same parameters and maths: XLA:CPU runs the weight gradient of a [B, T, D] input (contracting
-  two axes) at about 2/3 the speed of the [B*T, D] one (docs/performance.md).
+  two axes) slower than that of the [B*T, D] one (measured: docs/performance.md).
   """
   return layer(x.reshape(-1, x.shape[-1])).reshape(x.shape[:-1] + (-1,))
 

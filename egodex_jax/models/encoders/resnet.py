@@ -112,11 +112,11 @@ class ResNetEncoder(nn.Module):
 
   def __call__(self, images, *, train=False):
     del train
-    # On XLA:CPU a ResNet-18 at 224 px runs ~1.5x faster in passes of 4 images than over a batch
-    # of 32: each pass's feature maps stay in cache, and the passes are independent operations
+    # On XLA:CPU a large-image ResNet runs faster in passes of a few images than over the whole
+    # batch: each pass's feature maps stay in cache, and the passes are independent operations
     # the scheduler can put on different cores (each op runs on one thread). Every op is per
-    # sample, so the values are those of one pass (docs/performance.md). Off (0) by default:
-    # each pass is another copy of the trunk to compile (~+10 s for 8 passes).
+    # sample, so the values are those of one pass (measured: docs/performance.md). Off (0) by
+    # default: each pass is another copy of the trunk to compile.
     b, n = images.shape[0], self.chunk_size
     if n <= 0 or n >= b:
       feats = self.features(images)
