@@ -18,7 +18,6 @@ XLA:CPU with the classic threefry, as the CPU runs use (main.py). Prints one JSO
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import subprocess
@@ -41,33 +40,18 @@ def _one(size: str, scan: bool, args) -> dict:
   import jax
   import numpy as np
   sys.path.insert(0, REPO)
-  from configs import common
-  from egodex_jax import sharding, train
-  from egodex_jax.data import batch as batch_lib
-  from egodex_jax.data import normalize
-  from egodex_jax.models import config as config_lib
+  from benchmarks import step_setup
+  from egodex_jax import sharding
 
   preset, over = SIZES[size]
-  config = common.get_config(f"size={preset}", head=args.head, backbone=args.backbone)
-  config.model = config_lib.model_config(preset, backbone=args.backbone, head=args.head,
-                                         scan_layers=scan, **over)
-  config.data.horizon = args.horizon
-  spec = dict(instructions=["pick up the cup"], image_size=args.image_size,
-              vocab_instructions=["pick up the cup"])
-  policy = train.policy_from_spec(config, spec)
-  optimizer, schedule = train.make_optimizer(config.optim, 1000)
-  ones = np.ones((4, 48), np.float32)
-  stats = {"state": normalize.compute_stats([ones]), "actions": normalize.compute_stats([ones])}
-  normalizer = normalize.Normalizer(stats, "minmax")
+  setup = step_setup.build(preset, image_size=args.image_size, head=args.head,
+                           backbone=args.backbone, horizon=args.horizon, batch_size=args.batch,
+                           model=dict(over, scan_layers=scan))
+  policy = setup.policy
   mesh = sharding.make_mesh(1, jax.devices()[:1])
-  obs = batch_lib.dummy_batch(batch_size=1, horizon=args.horizon, image_size=args.image_size)
-  abstract, shardings = train.abstract_state(policy, optimizer, obs, 0, mesh)
-  batch = batch_lib.select(batch_lib.dummy_batch(
-      batch_size=args.batch, horizon=args.horizon, image_size=args.image_size, abstract=True),
-      batch_lib.TRAIN_KEYS)
-  step = train.jit_train_step(
-      functools.partial(train.train_step, policy=policy, optimizer=optimizer, schedule=schedule,
-                        normalizer=normalizer, ema_decay=0.995), mesh, shardings)
+  abstract, shardings = setup.abstract_state(mesh)
+  batch = setup.abstract_batch(args.batch, mesh)
+  step = setup.jit_step(mesh, shardings)
   t0 = time.perf_counter()
   lowered = step.lower(abstract, batch)
   t1 = time.perf_counter()

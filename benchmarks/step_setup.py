@@ -22,6 +22,7 @@ from egodex_jax import sharding as sharding_lib
 from egodex_jax import step as step_lib
 from egodex_jax.data import batch as batch_lib
 from egodex_jax.data import normalize
+from egodex_jax.models import config as config_lib
 from egodex_jax.models import policy as policy_lib
 
 INSTRUCTIONS = ('pick up the cup', 'open the drawer')
@@ -83,11 +84,15 @@ def synthetic_normalizer(horizon: int, seed: int = 0) -> normalize.Normalizer:
 
 
 def build(size: str, *, image_size: int, dtype: str = 'float32', head: str = 'fm',
-          backbone: str = 'encdec', horizon: int = 60, batch_size: int = 256) -> Setup:
+          backbone: str = 'encdec', horizon: int = 60, batch_size: int = 256,
+          model: dict | None = None) -> Setup:
   """The run of configs/common.py at `size` (its optimiser, EMA, model fields), compute `dtype`
-  (parameters stay float32), on `image_size` px images."""
+  (parameters stay float32), on `image_size` px images; `model`: fields over the preset's
+  (nested dicts allowed, e.g. {'emb_dim': 256, 'image': {'chunk_size': 4}})."""
   config = common.get_config(f'size={size},head={head},backbone={backbone},h={horizon},'
                              f'bs={batch_size}')
+  if model:
+    config.model = config_lib.model_config(size, backbone=backbone, head=head, **model)
   config.model.dtype = dtype
   policy = policy_lib.make_policy(config.model, horizon=horizon, instructions=INSTRUCTIONS,
                                   image_size=image_size)

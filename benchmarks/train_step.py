@@ -72,55 +72,52 @@ INSTRUCTIONS = ['pick up the cup and put it on the mat', 'open the box', 'close 
 # ----------------------------------------------------------------------------- one process
 
 def _build(spec: dict):
-  """(step_fn jitted, state, batch, parts) with this checkout's API (or the v1 API of 628941d)."""
-  import jax
-  import numpy as np
-  import ml_collections
+  """(jitted step, state, batch, (policy, optimizer, normalizer)) with this checkout's API
+  (benchmarks/step_setup.py), or with the v1 API of 628941d for `--baseline`."""
   from egodex_jax import sharding as sharding_lib
   from egodex_jax import train
-
   mesh = sharding_lib.make_mesh(1)
-  optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule='constant', warmup_steps=10,
+  if hasattr(train, 'make_train_step'):
+    return _build_v1(spec, mesh)
+  from benchmarks import step_setup
+  setup = step_setup.build(spec['size'], image_size=spec['image'], head=spec['head'],
+                           backbone=spec['backbone'], horizon=spec['horizon'],
+                           batch_size=spec['batch'], model=spec['model'])
+  _, shardings = setup.abstract_state(mesh)
+  batch = step_setup.random_batch(spec['batch'], spec['horizon'], spec['image'])
+  return (setup.jit_step(mesh, shardings), setup.create_state(shardings),
+          sharding_lib.global_batch(batch, mesh), (setup.policy, setup.optimizer,
+                                                   setup.normalizer))
+
+
+def _build_v1(spec: dict, mesh):
+  """628941d: models/policies.py, make_train_step, no normaliser, no image.chunk_size."""
+  import ml_collections
+  import numpy as np
+  from egodex_jax import sharding as sharding_lib
+  from egodex_jax import train
+  from egodex_jax.models import policies
+  optim = ml_collections.ConfigDict(dict(lr=1e-4, schedule='constant', warmup_steps=1000,
                                          end_factor=0.0, b1=0.9, b2=0.999, weight_decay=1e-4,
                                          grad_clip=1.0))
-  optimizer, schedule = train.make_optimizer(optim, 1000)
+  optimizer, schedule = train.make_optimizer(optim, 50_000)
   h, b, s = spec['horizon'], spec['batch'], spec['image']
   model = dict(spec['model'], backbone=spec['backbone'], head=spec['head'])
-  if hasattr(train, 'make_train_step'):  # v1 (628941d): models/policies.py, no normaliser
-    from egodex_jax.models import policies
-    model['image'] = {k: v for k, v in model.get('image', {}).items() if k != 'chunk_size'}
-    policy = policies.make_policy(policies.model_config(spec['size'], **model), horizon=h,
-                                  instructions=INSTRUCTIONS)
-    batch_fn, normalizer = policies.dummy_batch, None
-    step_fn = train.make_train_step(policy, optimizer, schedule, None, ema_decay=0.995)
-  else:
-    import functools
-    from egodex_jax.data import batch as batch_lib
-    from egodex_jax.models import config as config_lib
-    from egodex_jax.models import policy as policy_lib
-    policy = policy_lib.make_policy(config_lib.model_config(spec['size'], **model), horizon=h,
-                                    instructions=INSTRUCTIONS, image_size=s)
-    batch_fn, normalizer = batch_lib.dummy_batch, _unit_normalizer()
-    step_fn = functools.partial(train.train_step, policy=policy, optimizer=optimizer,
-                                schedule=schedule, normalizer=normalizer, ema_decay=0.995)
-  example = batch_fn(batch_size=1, horizon=h, image_size=s)
+  model['image'] = {k: v for k, v in model.get('image', {}).items() if k != 'chunk_size'}
+  policy = policies.make_policy(policies.model_config(spec['size'], **model), horizon=h,
+                                instructions=INSTRUCTIONS)
+  step_fn = train.make_train_step(policy, optimizer, schedule, None, ema_decay=0.995)
+  example = policies.dummy_batch(batch_size=1, horizon=h, image_size=s)
   _, shardings = train.abstract_state(policy, optimizer, example, 0, mesh)
   state = train.create_state(policy, optimizer, example, 0, shardings)
   rng = np.random.default_rng(0)
-  batch = batch_fn(batch_size=b, horizon=h, image_size=s)
+  batch = policies.dummy_batch(batch_size=b, horizon=h, image_size=s)
   batch['image'] = rng.integers(0, 256, batch['image'].shape, dtype=np.uint8)
   batch['state'] = rng.normal(0, 0.1, batch['state'].shape).astype(np.float32)
   batch['actions'] = rng.normal(0, 0.1, batch['actions'].shape).astype(np.float32)
   batch['instruction_id'] = rng.integers(0, len(INSTRUCTIONS), b).astype(np.int32)
-  batch = sharding_lib.global_batch(batch, mesh)
-  return train.jit_train_step(step_fn, mesh, shardings), state, batch, (policy, optimizer,
-                                                                          normalizer)
-
-
-def _unit_normalizer():
-  from egodex_jax.data import normalize
-  unit = dict(p01=[-1.0] * 48, p99=[1.0] * 48, mean=[0.0] * 48, std=[1.0] * 48)
-  return normalize.Normalizer(dict(state=unit, actions=unit, delta=unit), 'minmax', 'relative')
+  return (train.jit_train_step(step_fn, mesh, shardings), state,
+          sharding_lib.global_batch(batch, mesh), (policy, optimizer, None))
 
 
 def _time(fn, args, n: int) -> list[float]:
